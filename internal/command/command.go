@@ -1,0 +1,192 @@
+// Package command is the codec of the entries that dqlite writes to the Raft
+// log. Every entry starts with a format version and a type byte, so that the
+// format can evolve; decoding validates everything it reads, because an
+// entry that cannot be applied must stop a node loudly, never be skipped.
+package command
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// ErrFormat is returned when bytes are not a valid command.
+var ErrFormat = errors.New("command: invalid format")
+
+const version = 1
+
+// Type identifies a command.
+type Type uint8
+
+// The command types.
+const (
+	TypeOpen   Type = 1 // create a database on every node
+	TypeFrames Type = 2 // one committed write transaction
+)
+
+// Open creates a database with a fixed page size, the same way on every node.
+type Open struct {
+	Database string
+	PageSize uint32
+}
+
+// Page is one page image of a transaction.
+type Page struct {
+	No   uint32
+	Data []byte
+}
+
+// Frames is a committed write transaction: the last image of every page it
+// wrote, in the order SQLite wrote them, and the database size after it.
+type Frames struct {
+	Database string
+	Origin   uint64 // ID of the node whose SQLite produced the frames
+	TxID     uint64 // unique per origin; matches the origin's pending transaction
+	PageSize uint32
+	DBSize   uint32 // database size in pages after the commit
+	Pages    []Page
+}
+
+// Size returns the number of bytes EncodeFrames will produce.
+func (f *Frames) Size() int {
+	return 2 + 3*binary.MaxVarintLen64 + len(f.Database) + 8 + binary.MaxVarintLen64 + len(f.Pages)*(4+int(f.PageSize))
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// EncodeOpen returns the log entry for o.
+func EncodeOpen(o Open) []byte {
+	b := []byte{version, byte(TypeOpen)}
+	b = appendString(b, o.Database)
+	return binary.BigEndian.AppendUint32(b, o.PageSize)
+}
+
+// EncodeFrames returns the log entry for f.
+func EncodeFrames(f *Frames) []byte {
+	b := make([]byte, 0, f.Size())
+	b = append(b, version, byte(TypeFrames))
+	b = appendString(b, f.Database)
+	b = binary.AppendUvarint(b, f.Origin)
+	b = binary.AppendUvarint(b, f.TxID)
+	b = binary.BigEndian.AppendUint32(b, f.PageSize)
+	b = binary.BigEndian.AppendUint32(b, f.DBSize)
+	b = binary.AppendUvarint(b, uint64(len(f.Pages)))
+	for _, p := range f.Pages {
+		b = binary.BigEndian.AppendUint32(b, p.No)
+		b = append(b, p.Data...)
+	}
+	return b
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrFormat, what)
+	}
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) uint32(what string) uint32 {
+	if len(d.b) < 4 {
+		d.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return v
+}
+
+func (d *decoder) bytes(n uint64, what string) []byte {
+	if uint64(len(d.b)) < n {
+		d.fail(what)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) name() string {
+	n := d.uvarint("database name length")
+	s := string(d.bytes(n, "database name"))
+	if d.err == nil && (s == "" || len(s) > 255) {
+		d.fail("database name")
+	}
+	return s
+}
+
+func (d *decoder) pageSize() uint32 {
+	ps := d.uint32("page size")
+	if d.err == nil && (ps < 512 || ps > 65536 || ps&(ps-1) != 0) {
+		d.fail(fmt.Sprintf("page size %d", ps))
+	}
+	return ps
+}
+
+// Decode parses a log entry. It returns *Open or *Frames. Page images of a
+// Frames command share memory with b.
+func Decode(b []byte) (any, error) {
+	if len(b) < 2 {
+		return nil, fmt.Errorf("%w: %d bytes", ErrFormat, len(b))
+	}
+	if b[0] != version {
+		return nil, fmt.Errorf("%w: version %d", ErrFormat, b[0])
+	}
+	d := &decoder{b: b[2:]}
+	var cmd any
+	switch Type(b[1]) {
+	case TypeOpen:
+		o := &Open{Database: d.name(), PageSize: d.pageSize()}
+		cmd = o
+	case TypeFrames:
+		f := &Frames{Database: d.name()}
+		f.Origin = d.uvarint("origin")
+		f.TxID = d.uvarint("tx id")
+		f.PageSize = d.pageSize()
+		f.DBSize = d.uint32("database size")
+		n := d.uvarint("page count")
+		if d.err == nil && (n == 0 || n > uint64(len(d.b))/uint64(4+f.PageSize) || n > math.MaxUint32) {
+			d.fail(fmt.Sprintf("page count %d", n))
+		}
+		if d.err == nil && f.DBSize == 0 {
+			d.fail("database size 0")
+		}
+		if d.err == nil {
+			f.Pages = make([]Page, n)
+			for i := range f.Pages {
+				f.Pages[i].No = d.uint32("page number")
+				f.Pages[i].Data = d.bytes(uint64(f.PageSize), "page image")
+				if f.Pages[i].No == 0 {
+					d.fail("page number 0")
+				}
+			}
+		}
+		cmd = f
+	default:
+		return nil, fmt.Errorf("%w: type %d", ErrFormat, b[1])
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return cmd, nil
+}
