@@ -1,0 +1,36 @@
+// Package errs defines the errors shared by every layer. The root package
+// dqlite re-exports each of them under the same name, so errors.Is works
+// whichever layer returned the error.
+package errs
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	ErrNotLeader      = errors.New("dqlite: not the leader")
+	ErrLeadershipLost = errors.New("dqlite: leadership lost while committing")
+	ErrNoQuorum       = errors.New("dqlite: no quorum: commit timed out")
+	ErrClosed         = errors.New("dqlite: node is closed")
+	ErrTxTooLarge     = errors.New("dqlite: transaction too large")
+	ErrDiverged       = errors.New("dqlite: database diverged from the cluster")
+	ErrNoDatabase     = errors.New("dqlite: no such database")
+)
+
+// NotLeaderError is returned when a write reaches a node that is not the
+// leader. It matches ErrNotLeader with errors.Is.
+type NotLeaderError struct {
+	LeaderID      uint64 // 0 when no leader is known
+	LeaderAddress string // "" when no leader is known
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderAddress == "" {
+		return "dqlite: not the leader (no leader known)"
+	}
+	return fmt.Sprintf("dqlite: not the leader (leader is node %d at %s)", e.LeaderID, e.LeaderAddress)
+}
+
+// Is makes errors.Is(err, ErrNotLeader) hold.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }

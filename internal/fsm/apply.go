@@ -1,0 +1,185 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/vfs"
+	"github.com/godqlite/dqlite/wal"
+)
+
+// lockWrite takes SQLite's WAL write lock on the apply connection, waiting
+// as long as it takes: the holder is a local transaction that is being
+// rolled back or a commit whose Raft future is failing, both of which end
+// without the FSM. It logs while it waits, so a stuck node is visible.
+func (d *DB) lockWrite() error {
+	start := time.Now()
+	for {
+		err := d.apply.Exec(`BEGIN IMMEDIATE`)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, sqlite3.BUSY) {
+			return err
+		}
+		d.opts.Logger.Warn("waiting for the write lock to apply frames",
+			"database", d.Name, "waited", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// appendFrames is the follower path: it appends a transaction written by
+// another node (or by this node in an earlier life) to the WAL and
+// publishes it in the wal-index, holding SQLite's write lock, so readers
+// see all of it or none of it.
+func (d *DB) appendFrames(pageSize, dbSize uint32, pages []command.Page) error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	if err := d.lockWrite(); err != nil {
+		return fmt.Errorf("lock for apply: %w", err)
+	}
+	defer d.apply.Exec(`ROLLBACK`)
+
+	w, err := d.beginAppend(pageSize)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < len(pages); {
+		// Write in batches of about 1 MiB to bound the buffer.
+		n := max(1, (1<<20)/(wal.FrameHeaderSize+int(pageSize)))
+		end := min(len(pages), i+n)
+		commit := uint32(0)
+		if end == len(pages) {
+			commit = dbSize
+		}
+		if err := w.write(pages[i:end], commit); err != nil {
+			return err
+		}
+		i = end
+	}
+	if err := w.publish(dbSize); err != nil {
+		return err
+	}
+	vfsCommitted(d, w.max)
+	return nil
+}
+
+// appender writes frames after the last committed frame of the WAL.
+type appender struct {
+	d      *DB
+	index  *wal.Index
+	hdr    wal.IndexHeader
+	walHdr wal.Header
+	last   uint32 // MaxFrame before this transaction
+	max    uint32 // last frame written
+	sum    wal.Checksum
+	buf    []byte
+}
+
+func (d *DB) beginAppend(pageSize uint32) (*appender, error) {
+	x := wal.NewIndex(d.shm)
+	hdr, err := x.Header()
+	if err != nil {
+		return nil, fmt.Errorf("read wal-index: %w", err)
+	}
+	a := &appender{d: d, index: x, hdr: hdr, last: hdr.MaxFrame, max: hdr.MaxFrame}
+	if hdr.MaxFrame == 0 {
+		// Start a new WAL, as SQLite's writer does after a checkpoint
+		// restarted or truncated the log: new salts make stale frames
+		// beyond the header invalid.
+		var seq uint32
+		var old [wal.HeaderSize]byte
+		if n, _ := d.walf.ReadAt(old[:], 0); n == len(old) {
+			if h, err := wal.DecodeHeader(old[:]); err == nil {
+				seq = h.CheckpointSeq + 1
+			}
+		}
+		a.walHdr = wal.NewHeader(pageSize, seq, [2]uint32{hdr.Salt[0] + 1, randomSalt()})
+		if _, err := d.walf.WriteAt(a.walHdr.Encode(), 0); err != nil {
+			return nil, fmt.Errorf("write wal header: %w", err)
+		}
+		a.sum = a.walHdr.Checksum
+		a.hdr.BigEndian = a.walHdr.BigEndian
+		a.hdr.Salt = a.walHdr.Salt
+	} else {
+		if hdr.PageSize != pageSize {
+			return nil, fmt.Errorf("wal page size %d, transaction page size %d", hdr.PageSize, pageSize)
+		}
+		a.walHdr = wal.Header{BigEndian: hdr.BigEndian, PageSize: pageSize, Salt: hdr.Salt}
+		a.sum = hdr.FrameChecksum
+	}
+	a.hdr.PageSize = pageSize
+	return a, nil
+}
+
+// write appends pages as frames; commit is the database size if the last
+// of them ends the transaction.
+func (a *appender) write(pages []command.Page, commit uint32) error {
+	fs := wal.FrameHeaderSize + int(a.walHdr.PageSize)
+	a.buf = a.buf[:0]
+	first := a.max + 1
+	for i, p := range pages {
+		dbSize := uint32(0)
+		if i == len(pages)-1 {
+			dbSize = commit
+		}
+		a.buf = append(a.buf, make([]byte, fs)...)
+		a.sum = wal.EncodeFrame(a.buf[i*fs:], a.walHdr, a.sum, p.No, dbSize, p.Data)
+	}
+	if _, err := a.d.walf.WriteAt(a.buf, wal.FrameOffset(first, int(a.walHdr.PageSize))); err != nil {
+		return fmt.Errorf("write frames: %w", err)
+	}
+	for i, p := range pages {
+		if err := a.index.Append(first+uint32(i), p.No, a.last); err != nil {
+			return fmt.Errorf("index frame: %w", err)
+		}
+	}
+	a.max += uint32(len(pages))
+	return nil
+}
+
+func (a *appender) publish(dbSize uint32) error {
+	h := a.hdr
+	h.Change++
+	h.MaxFrame = a.max
+	h.DBSize = dbSize
+	h.FrameChecksum = a.sum
+	return a.index.Publish(h)
+}
+
+// maybeCheckpoint copies the WAL into the database file and truncates it
+// once it holds CheckpointFrames frames. It never waits: if a reader or a
+// writer is in the way, or a snapshot is being persisted, it tries again
+// after a later commit.
+func (d *DB) maybeCheckpoint() {
+	if d.opts.CheckpointFrames == 0 {
+		return
+	}
+	hdr, err := wal.NewIndex(d.shm).Header()
+	if err != nil || hdr.MaxFrame < d.opts.CheckpointFrames {
+		return
+	}
+	if !d.ckptMu.TryLock() {
+		return
+	}
+	defer d.ckptMu.Unlock()
+	d.apply.BusyTimeout(0)
+	defer d.apply.BusyTimeout(time.Second)
+	_, _, err = d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
+	if err != nil && !errors.Is(err, sqlite3.BUSY) {
+		d.opts.Logger.Warn("checkpoint failed", "database", d.Name, "err", err)
+	}
+}
+
+// Checkpoint runs maybeCheckpoint for a local commit (the leader's path).
+func (d *DB) Checkpoint() {
+	if d.applyMu.TryLock() {
+		d.maybeCheckpoint()
+		d.applyMu.Unlock()
+	}
+}
+
+func vfsCommitted(d *DB, last uint32) { vfs.Committed(d.path, last, int(d.pageSize)) }

@@ -1,0 +1,282 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/vfs"
+)
+
+// Proposer appends a command to the Raft log and waits until the local FSM
+// applied it, or until it failed. It returns the errors of package errs.
+type Proposer func(cmd []byte) error
+
+// Options are the settings every database of a node shares.
+type Options struct {
+	NodeID           uint64
+	MaxTxSize        int64  // bytes of page images one transaction may write
+	CheckpointFrames uint32 // checkpoint once the WAL holds this many frames
+	Logger           *slog.Logger
+	Propose          Proposer
+}
+
+type txState int
+
+const (
+	replicating txState = iota // waiting for Raft
+	committed                  // applied by the FSM; commit frame not yet published
+	aborted                    // Raft failed; SQLite rolls it back
+)
+
+// pendingTx is the local write transaction being replicated. There is at
+// most one per database: its connection holds SQLite's write lock.
+type pendingTx struct {
+	id    uint64
+	conn  uint64
+	state txState
+}
+
+// DB is one replicated database on one node.
+type DB struct {
+	Name string
+	path string // canonical path of the database file
+	opts *Options
+
+	mu      sync.Mutex
+	settled *sync.Cond    // signalled when pending goes away
+	pending *pendingTx    // local transaction in flight, if any
+	errs    map[uint64]error // the real cause of a failed commit, per connection
+	nextTx  uint64
+	failed  error // set when this node's copy diverged
+
+	// The follower path. applyMu serialises use of apply, the connection
+	// that holds the write lock while frames are appended, and of the
+	// checkpoints run through it.
+	applyMu  sync.Mutex
+	apply    *sqlite3.Conn
+	shm      *shm
+	walf     *os.File
+	pageSize uint32
+	ckptMu   sync.RWMutex // snapshot persistence holds it shared: no checkpoint may run
+}
+
+// URI returns the SQLite URI that opens the database through the dqlite
+// VFS as connection conn.
+func (d *DB) URI(conn uint64) string {
+	u := url.URL{Scheme: "file", Path: d.path}
+	q := url.Values{}
+	q.Set("vfs", vfs.Name)
+	q.Set(vfs.ConnParam, strconv.FormatUint(conn, 10))
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Path returns the database file's path.
+func (d *DB) Path() string { return d.path }
+
+// PageSize returns the database's page size.
+func (d *DB) PageSize() uint32 { return d.pageSize }
+
+// openDB creates (if needed) and opens the database name in dir, the same
+// way on every node, and registers it with the VFS.
+func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error) {
+	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize,
+		nextTx: uint64(time.Now().UnixNano())}
+	d.settled = sync.NewCond(&d.mu)
+	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	d.apply, err = sqlite3.Open(d.URI(0))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	// Page size first: it only takes effect on an empty database.
+	err = d.apply.Exec(fmt.Sprintf(`PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=NORMAL`, pageSize))
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	var got uint32
+	if err := queryInt(d.apply, `PRAGMA page_size`, &got); err != nil {
+		return nil, err
+	}
+	if got != pageSize {
+		return nil, fmt.Errorf("%w: %s has page size %d, the cluster created it with %d", errs.ErrDiverged, name, got, pageSize)
+	}
+	// A read opens the WAL and the wal-index, which this connection then
+	// keeps open (and locked against truncation) until it closes.
+	var n int64
+	if err := queryInt(d.apply, `SELECT count(*) FROM sqlite_schema`, &n); err != nil {
+		return nil, err
+	}
+	if d.shm, err = openShm(d.path + "-shm"); err != nil {
+		return nil, err
+	}
+	if d.walf, err = os.OpenFile(d.path+"-wal", os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, fmt.Errorf("open wal: %w", err)
+	}
+	return d, d.apply.BusyTimeout(time.Second)
+}
+
+func queryInt[T ~uint32 | ~int64](c *sqlite3.Conn, query string, v *T) error {
+	s, _, err := c.Prepare(query)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if !s.Step() {
+		if err := s.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%s returned no row", query)
+	}
+	*v = T(s.ColumnInt64(0))
+	return s.Close()
+}
+
+func (d *DB) close() error {
+	vfs.Unregister(d.path)
+	var errList []error
+	if d.shm != nil {
+		errList = append(errList, d.shm.Close())
+	}
+	if d.walf != nil {
+		errList = append(errList, d.walf.Close())
+	}
+	if d.apply != nil {
+		errList = append(errList, d.apply.Close())
+	}
+	return errors.Join(errList...)
+}
+
+// Commit implements vfs.Committer: it replicates one local transaction.
+func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
+	if tx.Overflow {
+		err := fmt.Errorf("%w: it wrote %d bytes of pages, the limit is %d", errs.ErrTxTooLarge, tx.Size, d.opts.MaxTxSize)
+		d.setErr(conn, err)
+		return err
+	}
+	d.mu.Lock()
+	if d.failed != nil {
+		err := d.failed
+		d.mu.Unlock()
+		d.setErr(conn, err)
+		return err
+	}
+	d.nextTx++
+	p := &pendingTx{id: d.nextTx, conn: conn}
+	d.pending = p
+	d.mu.Unlock()
+
+	err := d.opts.Propose(command.EncodeFrames(&command.Frames{
+		Database: d.Name, Origin: d.opts.NodeID, TxID: p.id,
+		PageSize: tx.PageSize, DBSize: tx.DBSize, Pages: tx.Pages,
+	}))
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.state == committed {
+		// The FSM applied it: committed, whatever the future said. The
+		// pending entry stays until the driver settles it, after SQLite
+		// published the commit frame.
+		return nil
+	}
+	if err == nil {
+		// Raft reported success without the FSM seeing our entry: only
+		// possible if the entry was applied through another path. Never
+		// publish what the FSM did not mark.
+		err = fmt.Errorf("%w: entry applied without marking transaction %d", errs.ErrDiverged, p.id)
+	}
+	p.state = aborted
+	d.pending = nil
+	d.settled.Broadcast()
+	d.errs[conn] = err
+	return err
+}
+
+func (d *DB) setErr(conn uint64, err error) {
+	d.mu.Lock()
+	d.errs[conn] = err
+	d.mu.Unlock()
+}
+
+// TakeError returns and forgets the real cause of the last failed commit of
+// connection conn, or nil.
+func (d *DB) TakeError(conn uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	err := d.errs[conn]
+	delete(d.errs, conn)
+	return err
+}
+
+// Settle tells the database that a statement of connection conn returned:
+// if that connection had a committed transaction pending, SQLite has
+// published it by now.
+func (d *DB) Settle(conn uint64) {
+	d.mu.Lock()
+	if d.pending != nil && d.pending.conn == conn && d.pending.state == committed {
+		d.pending = nil
+		d.settled.Broadcast()
+	}
+	d.mu.Unlock()
+}
+
+// Failed returns the reason this node's copy stopped being served, or nil.
+func (d *DB) Failed() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.failed
+}
+
+func (d *DB) fail(err error) {
+	d.mu.Lock()
+	if d.failed == nil {
+		d.failed = fmt.Errorf("%w: %s: %v", errs.ErrDiverged, d.Name, err)
+		d.opts.Logger.Error("database stopped", "database", d.Name, "err", err)
+	}
+	d.mu.Unlock()
+}
+
+// claim is called by the FSM for every Frames entry. It reports whether the
+// entry is the local pending transaction, which it then marks committed:
+// the connection blocked in the VFS will publish it.
+func (d *DB) claim(f *command.Frames) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pending
+	if f.Origin != d.opts.NodeID || p == nil || p.id != f.TxID || p.state != replicating {
+		return false
+	}
+	p.state = committed
+	return true
+}
+
+// waitSettled blocks until no committed transaction waits to be published.
+func (d *DB) waitSettled() {
+	d.mu.Lock()
+	for d.pending != nil && d.pending.state == committed {
+		d.settled.Wait()
+	}
+	d.mu.Unlock()
+}
+
+// randomSalt returns a fresh WAL salt.
+func randomSalt() uint32 { return rand.Uint32() }

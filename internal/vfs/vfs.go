@@ -1,0 +1,329 @@
+// Package vfs is the only place that touches the SQLite binding's VFS API.
+//
+// It registers one process-wide SQLite VFS, named [Name], that wraps the OS
+// VFS. Of all the files SQLite opens through it, only the write-ahead logs
+// of registered databases are wrapped: the main database file, the
+// wal-index (-shm) and all locking stay the OS VFS's own.
+//
+// # The contract with the Committer
+//
+// For a registered WAL, the wrapper records every frame SQLite writes after
+// the last committed frame, keyed by frame number, keeping the last image
+// written to each slot (spills, in-place overwrites and savepoint rollbacks
+// all reuse slots). When SQLite writes the commit frame (a frame header
+// whose "database size after commit" is not zero), the wrapper holds that
+// frame back and calls [Committer.Commit] with the transaction's pages:
+//
+//   - Commit runs on the goroutine executing SQLite's COMMIT, while that
+//     connection holds the database's WAL write lock. It must not take
+//     that lock, directly or by waiting for something that does.
+//   - If Commit returns nil, the wrapper writes the commit frame and SQLite
+//     publishes the transaction to readers.
+//   - If Commit returns an error, the wrapper reports SQLITE_IOERR_WRITE:
+//     SQLite rolls the transaction back, readers never saw it, and the
+//     connection stays usable. The Committer keeps the real cause for the
+//     driver, keyed by the connection ID that Commit received.
+//
+// Frames written outside SQLite (a follower appending replicated frames)
+// must be reported with [Committed], or the wrapper's idea of where the
+// current transaction starts goes stale.
+package vfs
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/ncruces/go-sqlite3"
+	sqlitevfs "github.com/ncruces/go-sqlite3/vfs"
+	"github.com/ncruces/go-sqlite3/util/vfsutil"
+
+	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/wal"
+)
+
+// Name is the name under which the VFS is registered with SQLite.
+const Name = "dqlite"
+
+// ConnParam is the URI parameter that carries a connection's ID, so that
+// [Committer.Commit] can tell connections apart.
+const ConnParam = "_dqconn"
+
+// Tx is a transaction captured at its commit frame.
+type Tx struct {
+	PageSize uint32
+	DBSize   uint32         // database size in pages after the commit
+	Pages    []command.Page // last image of each page, in first-write order
+	Size     int64          // bytes of page images the transaction wrote
+	Overflow bool           // Size passed the limit: Pages is incomplete
+}
+
+// Committer replicates transactions of one database. See the package doc.
+type Committer interface {
+	Commit(conn uint64, tx *Tx) error
+}
+
+type frame struct {
+	pgno   uint32
+	dbSize uint32
+	data   []byte
+}
+
+// walState is shared by every connection to one WAL file.
+type walState struct {
+	mu         sync.Mutex
+	committer  Committer
+	limit      int64
+	pageSize   int
+	lastCommit uint32            // frame number of the last commit frame
+	frames     map[uint32]*frame // frames after lastCommit
+	size       int64             // bytes held in frames
+	overflow   bool
+	held       []byte // header of the commit frame, held back
+	heldFrame  uint32
+}
+
+func (s *walState) reset(pageSize int) {
+	s.pageSize = pageSize
+	s.lastCommit = 0
+	s.dropTx()
+}
+
+func (s *walState) dropTx() {
+	clear(s.frames)
+	s.size = 0
+	s.overflow = false
+	s.held = nil
+	s.heldFrame = 0
+}
+
+var (
+	registerOnce sync.Once
+	mu           sync.Mutex
+	states       = map[string]*walState{}
+)
+
+// canonical returns the path SQLite will use for name: absolute, with the
+// directory's symbolic links resolved.
+func canonical(name string) (string, error) {
+	abs, err := filepath.Abs(name)
+	if err != nil {
+		return "", err
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(abs))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, filepath.Base(abs)), nil
+}
+
+// Register makes the VFS available to SQLite and routes the commits of the
+// database file at dbPath to c. Transactions whose page images exceed
+// maxTxSize bytes reach c with Overflow set. It returns the canonical path.
+func Register(dbPath string, c Committer, maxTxSize int64) (string, error) {
+	registerOnce.Do(func() { sqlitevfs.Register(Name, dqVFS{sqlitevfs.Find("")}) })
+	p, err := canonical(dbPath)
+	if err != nil {
+		return "", err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := states[p+"-wal"]; ok {
+		return "", fmt.Errorf("vfs: %s is already registered", p)
+	}
+	states[p+"-wal"] = &walState{committer: c, limit: maxTxSize, frames: map[uint32]*frame{}}
+	return p, nil
+}
+
+// Unregister stops routing commits of dbPath (a path Register returned).
+func Unregister(dbPath string) {
+	mu.Lock()
+	delete(states, dbPath+"-wal")
+	mu.Unlock()
+}
+
+// Committed tells the VFS that the WAL of dbPath (a path Register returned)
+// now ends with a commit at frame number last, with pages of pageSize
+// bytes: the next transaction's frames start after it.
+func Committed(dbPath string, last uint32, pageSize int) {
+	mu.Lock()
+	s := states[dbPath+"-wal"]
+	mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.pageSize = pageSize
+	s.lastCommit = last
+	s.dropTx()
+	s.mu.Unlock()
+}
+
+type dqVFS struct{ sqlitevfs.VFS }
+
+func (v dqVFS) Open(name string, flags sqlitevfs.OpenFlag) (sqlitevfs.File, sqlitevfs.OpenFlag, error) {
+	return vfsutil.WrapOpen(v.VFS, name, flags)
+}
+
+func (v dqVFS) OpenFilename(name *sqlitevfs.Filename, flags sqlitevfs.OpenFlag) (sqlitevfs.File, sqlitevfs.OpenFlag, error) {
+	f, flags, err := vfsutil.WrapOpenFilename(v.VFS, name, flags)
+	if err != nil || flags&sqlitevfs.OPEN_WAL == 0 || name == nil {
+		return f, flags, err
+	}
+	mu.Lock()
+	s := states[name.String()]
+	mu.Unlock()
+	if s == nil {
+		return f, flags, nil
+	}
+	conn, _ := strconv.ParseUint(name.URIParameter(ConnParam), 10, 64)
+	w := &walFile{File: f, state: s, conn: conn}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pageSize == 0 {
+		var b [wal.HeaderSize]byte
+		if n, _ := f.ReadAt(b[:], 0); n == len(b) {
+			if h, err := wal.DecodeHeader(b[:]); err == nil {
+				s.pageSize = int(h.PageSize)
+			}
+		}
+	}
+	return w, flags, nil
+}
+
+// walFile wraps the WAL of a replicated database.
+type walFile struct {
+	sqlitevfs.File
+	state *walState
+	conn  uint64
+}
+
+func (w *walFile) Unwrap() sqlitevfs.File { return w.File }
+
+// DeviceCharacteristics reports POWERSAFE_OVERWRITE so that SQLite never
+// splits or pads frame writes.
+func (w *walFile) DeviceCharacteristics() sqlitevfs.DeviceCharacteristic {
+	return w.File.DeviceCharacteristics() | sqlitevfs.IOCAP_POWERSAFE_OVERWRITE
+}
+
+func (w *walFile) Truncate(size int64) error {
+	s := w.state
+	s.mu.Lock()
+	if size <= wal.HeaderSize {
+		s.lastCommit = 0
+		s.dropTx()
+	}
+	s.mu.Unlock()
+	return w.File.Truncate(size)
+}
+
+func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
+	s := w.state
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if off == 0 {
+		// A new WAL header: SQLite restarted the log.
+		h, err := wal.DecodeHeader(p)
+		if err != nil {
+			return 0, sqlite3.IOERR_WRITE
+		}
+		s.reset(int(h.PageSize))
+		return w.File.WriteAt(p, off)
+	}
+	n, within, ok := wal.FrameAt(off, s.pageSize)
+	if !ok {
+		return 0, sqlite3.IOERR_WRITE
+	}
+	if n <= s.lastCommit {
+		// walRewriteChecksums rewriting headers of a committed transaction.
+		return w.File.WriteAt(p, off)
+	}
+	switch {
+	case within == 0 && len(p) == wal.FrameHeaderSize:
+		fh, _ := wal.DecodeFrameHeader(p)
+		fr := s.frames[n]
+		if fr == nil {
+			fr = &frame{}
+			s.frames[n] = fr
+		}
+		fr.pgno, fr.dbSize = fh.PageNo, fh.DBSize
+		if fh.Commit() {
+			s.held = append(s.held[:0], p...)
+			s.heldFrame = n
+			return len(p), nil
+		}
+		return w.File.WriteAt(p, off)
+
+	case within == wal.FrameHeaderSize && len(p) == s.pageSize:
+		fr := s.frames[n]
+		if fr == nil {
+			return 0, sqlite3.IOERR_WRITE // page data before its header
+		}
+		if fr.data == nil {
+			s.size += int64(len(p))
+		}
+		if s.size > s.limit && s.limit > 0 {
+			s.overflow = true
+			fr.data = nil
+		} else {
+			fr.data = append(fr.data[:0], p...)
+		}
+		if n == s.heldFrame {
+			return w.commit(n, p, off)
+		}
+		return w.File.WriteAt(p, off)
+	}
+	// SQLite splits frame writes only without POWERSAFE_OVERWRITE, which we
+	// always report; anything else is a write we cannot replicate.
+	return 0, sqlite3.IOERR_WRITE
+}
+
+// commit replicates the transaction ending at frame n, whose page data is
+// p at offset off, then writes the held-back commit frame.
+func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
+	s := w.state
+	held := s.held
+	tx := &Tx{PageSize: uint32(s.pageSize), DBSize: s.frames[n].dbSize, Size: s.size, Overflow: s.overflow}
+	if !tx.Overflow {
+		nums := make([]uint32, 0, len(s.frames))
+		for i := range s.frames {
+			if i > s.lastCommit && i <= n {
+				nums = append(nums, i)
+			}
+		}
+		sort.Slice(nums, func(i, j int) bool { return nums[i] < nums[j] })
+		index := map[uint32]int{}
+		for _, i := range nums {
+			fr := s.frames[i]
+			if fr.data == nil {
+				s.dropTx()
+				return 0, sqlite3.IOERR_WRITE
+			}
+			if j, ok := index[fr.pgno]; ok {
+				tx.Pages[j].Data = fr.data
+				continue
+			}
+			index[fr.pgno] = len(tx.Pages)
+			tx.Pages = append(tx.Pages, command.Page{No: fr.pgno, Data: fr.data})
+		}
+	}
+	err := s.committer.Commit(w.conn, tx)
+	if err != nil {
+		s.dropTx()
+		return 0, sqlite3.IOERR_WRITE
+	}
+	if _, err := w.File.WriteAt(held, off-wal.FrameHeaderSize); err != nil {
+		return 0, err
+	}
+	m, err := w.File.WriteAt(p, off)
+	if err != nil {
+		return m, err
+	}
+	s.lastCommit = n
+	s.frames = map[uint32]*frame{}
+	s.dropTx()
+	return m, nil
+}
