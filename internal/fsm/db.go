@@ -55,8 +55,8 @@ type DB struct {
 	opts *Options
 
 	mu      sync.Mutex
-	settled *sync.Cond    // signalled when pending goes away
-	pending *pendingTx    // local transaction in flight, if any
+	settled *sync.Cond       // signalled when pending goes away
+	pending *pendingTx       // local transaction in flight, if any
 	errs    map[uint64]error // the real cause of a failed commit, per connection
 	nextTx  uint64
 	failed  error // set when this node's copy diverged

@@ -37,8 +37,8 @@ import (
 	"sync"
 
 	"github.com/ncruces/go-sqlite3"
-	sqlitevfs "github.com/ncruces/go-sqlite3/vfs"
 	"github.com/ncruces/go-sqlite3/util/vfsutil"
+	sqlitevfs "github.com/ncruces/go-sqlite3/vfs"
 
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/wal"
