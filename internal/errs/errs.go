@@ -34,3 +34,6 @@ func (e *NotLeaderError) Error() string {
 
 // Is makes errors.Is(err, ErrNotLeader) hold.
 func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// ErrDirInUse is returned when another node holds the data directory.
+var ErrDirInUse = errors.New("dqlite: data directory is in use by another node")

@@ -30,6 +30,8 @@ type Options struct {
 	CheckpointFrames uint32 // checkpoint once the WAL holds this many frames
 	Logger           *slog.Logger
 	Propose          Proposer
+
+	afterCommit func() // test hook: see FSM.SetAfterCommit
 }
 
 type txState int
@@ -193,6 +195,11 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if p.state == committed {
+		if d.opts.afterCommit != nil {
+			d.mu.Unlock()
+			d.opts.afterCommit()
+			d.mu.Lock()
+		}
 		// The FSM applied it: committed, whatever the future said. The
 		// pending entry stays until the driver settles it, after SQLite
 		// published the commit frame.
@@ -280,3 +287,16 @@ func (d *DB) waitSettled() {
 
 // randomSalt returns a fresh WAL salt.
 func randomSalt() uint32 { return rand.Uint32() }
+
+// CheckpointNow copies the whole WAL into the database file and truncates
+// it, waiting up to timeout for readers and writers to get out of the way.
+func (d *DB) CheckpointNow(timeout time.Duration) error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.ckptMu.Lock()
+	defer d.ckptMu.Unlock()
+	d.apply.BusyTimeout(timeout)
+	defer d.apply.BusyTimeout(time.Second)
+	_, _, err := d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
+	return err
+}

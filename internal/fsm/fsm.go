@@ -93,6 +93,11 @@ func isSQLite(path string) bool {
 	return n == 16 && string(b[:]) == "SQLite format 3\x00"
 }
 
+// SetAfterCommit installs a test hook that runs when a local transaction
+// is known committed, before its commit frame is written. Call it before
+// the first database opens.
+func (f *FSM) SetAfterCommit(hook func()) { f.opts.afterCommit = hook }
+
 // Database returns the database called name, or nil.
 func (f *FSM) Database(name string) *DB {
 	f.mu.Lock()

@@ -1,0 +1,407 @@
+package dqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestMain fails the run if tests leave goroutines or files behind.
+func TestMain(m *testing.M) {
+	goroutines, fds := runtime.NumGoroutine(), openFiles()
+	code := m.Run()
+	if code == 0 {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) && (runtime.NumGoroutine() > goroutines || openFiles() > fds) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if g, f := runtime.NumGoroutine(), openFiles(); g > goroutines || f > fds {
+			buf := make([]byte, 1<<20)
+			fmt.Fprintf(os.Stderr, "leak: %d goroutines (had %d), %d open files (had %d)\n%s\n",
+				g, goroutines, f, fds, buf[:runtime.Stack(buf, true)])
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func openFiles() int {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	return len(entries)
+}
+
+// testNet connects the nodes of a test cluster over real TCP on 127.0.0.1,
+// and can cut the links between groups of them (a partition).
+type testNet struct {
+	mu      sync.Mutex
+	addrs   []string
+	blocked map[[2]int]bool
+	conns   map[[2]int][]net.Conn
+}
+
+func (tn *testNet) index(addr string) int {
+	for i, a := range tn.addrs {
+		if a == addr {
+			return i
+		}
+	}
+	return -1
+}
+
+func (tn *testNet) dialer(from int) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		to := tn.index(addr)
+		tn.mu.Lock()
+		blocked := tn.blocked[[2]int{from, to}]
+		tn.mu.Unlock()
+		if blocked {
+			return nil, fmt.Errorf("test partition: %d cannot reach %d", from+1, to+1)
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		tn.mu.Lock()
+		defer tn.mu.Unlock()
+		if tn.blocked[[2]int{from, to}] {
+			c.Close()
+			return nil, fmt.Errorf("test partition: %d cannot reach %d", from+1, to+1)
+		}
+		tn.conns[[2]int{from, to}] = append(tn.conns[[2]int{from, to}], c)
+		return c, nil
+	}
+}
+
+// isolate cuts every link between node i and the others.
+func (tn *testNet) isolate(i int) {
+	for j := range tn.addrs {
+		if j != i {
+			tn.cut(i, j)
+		}
+	}
+}
+
+func (tn *testNet) cut(i, j int) {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	for _, p := range [][2]int{{i, j}, {j, i}} {
+		tn.blocked[p] = true
+		for _, c := range tn.conns[p] {
+			c.Close()
+		}
+		delete(tn.conns, p)
+	}
+}
+
+func (tn *testNet) heal() {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	clear(tn.blocked)
+}
+
+// cluster is an in-process cluster of nodes for tests.
+type cluster struct {
+	t     testing.TB
+	cfgs  []Config
+	nodes []*Node // nil while a node is down
+	net   *testNet
+	dbs   map[[2]any]*sql.DB
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() && os.Getenv("DQLITE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// newCluster starts n nodes that bootstrap one cluster and waits for a
+// leader. opts adjust every node's Config.
+func newCluster(t testing.TB, n int, opts ...func(*Config)) *cluster {
+	t.Helper()
+	c := &cluster{t: t, net: &testNet{blocked: map[[2]int]bool{}, conns: map[[2]int][]net.Conn{}},
+		dbs: map[[2]any]*sql.DB{}}
+	var listeners []net.Listener
+	var peers []Peer
+	for i := range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners = append(listeners, l)
+		c.net.addrs = append(c.net.addrs, l.Addr().String())
+		peers = append(peers, Peer{ID: NodeID(i + 1), Address: l.Addr().String()})
+	}
+	for i := range n {
+		cfg := Config{
+			ID: NodeID(i + 1), Address: peers[i].Address, Dir: t.TempDir(), Cluster: peers,
+			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
+			LeaderLeaseTimeout: 100 * time.Millisecond, ApplyTimeout: 3 * time.Second,
+			Logger: testLogger(t), Dial: c.net.dialer(i),
+		}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	t.Cleanup(c.close)
+	for i := range n {
+		c.start(i, listeners[i])
+	}
+	c.waitLeader()
+	return c
+}
+
+func (c *cluster) start(i int, l net.Listener) {
+	c.t.Helper()
+	cfg := c.cfgs[i]
+	if l == nil {
+		var err error
+		for try := 0; ; try++ {
+			l, err = net.Listen("tcp", cfg.Address)
+			if err == nil || try == 50 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // the old listener's port is being released
+		}
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	cfg.Listener = l
+	n, err := New(cfg)
+	if err != nil {
+		l.Close()
+		c.t.Fatalf("start node %d: %v", i+1, err)
+	}
+	for len(c.nodes) <= i {
+		c.nodes = append(c.nodes, nil)
+	}
+	c.nodes[i] = n
+}
+
+// stop closes node i (its data directory stays).
+func (c *cluster) stop(i int) {
+	c.t.Helper()
+	for k, db := range c.dbs {
+		if k[0] == i {
+			db.Close()
+			delete(c.dbs, k)
+		}
+	}
+	if err := c.nodes[i].Close(); err != nil {
+		c.t.Errorf("close node %d: %v", i+1, err)
+	}
+	c.nodes[i] = nil
+}
+
+func (c *cluster) restart(i int) { c.t.Helper(); c.start(i, nil) }
+
+func (c *cluster) close() {
+	for i, n := range c.nodes {
+		if n != nil {
+			c.stop(i)
+		}
+	}
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitLeader returns the index of the ready leader.
+func (c *cluster) waitLeader() int {
+	c.t.Helper()
+	leader := -1
+	waitFor(c.t, 20*time.Second, "a ready leader", func() bool {
+		for i, n := range c.nodes {
+			if n != nil && n.IsLeader() {
+				leader = i
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// db returns node i's *sql.DB for database name.
+func (c *cluster) db(i int, name string) *sql.DB {
+	c.t.Helper()
+	if db := c.dbs[[2]any{i, name}]; db != nil {
+		return db
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	db, err := c.nodes[i].Open(ctx, name)
+	if err != nil {
+		c.t.Fatalf("open %s on node %d: %v", name, i+1, err)
+	}
+	c.dbs[[2]any{i, name}] = db
+	return db
+}
+
+// dump returns the content of every table of database name on node i.
+func dump(t testing.TB, db *sql.DB) string {
+	t.Helper()
+	rows, err := db.Query(`SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for rows.Next() {
+		var s string
+		rows.Scan(&s)
+		tables = append(tables, s)
+	}
+	rows.Close()
+	var b strings.Builder
+	for _, tb := range tables {
+		rows, err := db.Query(fmt.Sprintf(`SELECT * FROM %q ORDER BY rowid`, tb))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		fmt.Fprintf(&b, "%s%v:", tb, cols)
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		for rows.Next() {
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&b, " %#v;", vals)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+	}
+	return b.String()
+}
+
+// ids returns the set of values of column id of table t.
+func ids(t testing.TB, db *sql.DB, query string) map[int64]bool {
+	t.Helper()
+	rows, err := db.Query(query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = true
+	}
+	return got
+}
+
+// outcome records what the clients of a test were told.
+type outcome struct {
+	mu        sync.Mutex
+	acked     map[int64]bool // commit returned nil
+	failed    map[int64]bool // commit failed, surely not applied
+	ambiguous map[int64]bool // commit failed, may or may not be applied
+}
+
+func newOutcome() *outcome {
+	return &outcome{acked: map[int64]bool{}, failed: map[int64]bool{}, ambiguous: map[int64]bool{}}
+}
+
+func (o *outcome) record(id int64, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case err == nil:
+		o.acked[id] = true
+	case errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrNoQuorum) || errors.Is(err, ErrClosed):
+		o.ambiguous[id] = true
+	default:
+		o.failed[id] = true
+	}
+}
+
+// check verifies the invariants of DESIGN.md on every running node for
+// database name, whose rows' ids query lists: every acknowledged id is
+// present everywhere, no failed id anywhere, every node has the same
+// content, identical files after a checkpoint, and integrity_check ok.
+func (c *cluster) check(name, query string, o *outcome) {
+	c.t.Helper()
+	var live []int
+	for i, n := range c.nodes {
+		if n != nil {
+			live = append(live, i)
+		}
+	}
+	// Converge: every node has the same content.
+	var want string
+	waitFor(c.t, 20*time.Second, "nodes to converge", func() bool {
+		want = dump(c.t, c.db(live[0], name))
+		for _, i := range live[1:] {
+			if dump(c.t, c.db(i, name)) != want {
+				return false
+			}
+		}
+		return true
+	})
+	if o != nil {
+		for _, i := range live {
+			got := ids(c.t, c.db(i, name), query)
+			for id := range o.acked {
+				if !got[id] {
+					c.t.Errorf("node %d: acknowledged row %d is missing", i+1, id)
+				}
+			}
+			for id := range o.failed {
+				if got[id] {
+					c.t.Errorf("node %d: failed row %d is present", i+1, id)
+				}
+			}
+		}
+	}
+	var files [][]byte
+	for _, i := range live {
+		var ok string
+		if err := c.db(i, name).QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+			c.t.Errorf("node %d: integrity_check: %q, %v", i+1, ok, err)
+		}
+		d := c.nodes[i].fsm.Database(name)
+		if err := d.CheckpointNow(10 * time.Second); err != nil {
+			c.t.Fatalf("node %d: checkpoint: %v", i+1, err)
+		}
+		b, err := os.ReadFile(d.Path())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		files = append(files, b)
+	}
+	for k := 1; k < len(files); k++ {
+		if !bytes.Equal(files[0], files[k]) {
+			c.t.Errorf("database files of nodes %d and %d differ after checkpoint (%d and %d bytes)",
+				live[0]+1, live[k]+1, len(files[0]), len(files[k]))
+		}
+	}
+}

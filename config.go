@@ -1,0 +1,202 @@
+package dqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// NodeID identifies a node in a cluster. It must be non-zero and unique.
+type NodeID uint64
+
+// Peer is a member of a cluster.
+type Peer struct {
+	ID      NodeID
+	Address string // host:port of its Raft transport
+}
+
+// Config configures a Node. The zero value of every field but ID, Address
+// and Dir means its default (see DefaultConfig).
+type Config struct {
+	// ID of this node: non-zero and unique in the cluster.
+	ID NodeID
+	// Address is the host:port the node's Raft transport listens on; other
+	// nodes reach it there. Port 0 picks a free port: Node.Address then
+	// says which.
+	Address string
+	// Dir is the node's data directory, created if missing. It holds the
+	// databases (name, name-wal, name-shm), raft.db and snapshots/.
+	Dir string
+	// Cluster, when set on a node with no state yet, bootstraps a new
+	// cluster of these peers, which must include this node. It is ignored
+	// when the directory already holds Raft state.
+	Cluster []Peer
+
+	// ApplyTimeout bounds how long a commit waits for a Raft quorum.
+	// Default 10s.
+	ApplyTimeout time.Duration
+	// MaxTxSize is the most page data, in bytes, that one transaction may
+	// write; a transaction is held in memory while it replicates.
+	// Default 64 MiB.
+	MaxTxSize int64
+	// PageSize of databases this node creates. Default 4096.
+	PageSize int
+	// CheckpointFrames: a node checkpoints a database (and truncates its
+	// WAL) once the WAL holds this many frames. Default 1000.
+	CheckpointFrames int
+
+	// HeartbeatTimeout and ElectionTimeout are Raft's (hashicorp/raft's
+	// meaning). Default 1s each. LeaderLeaseTimeout defaults to half the
+	// heartbeat timeout.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs are Raft's:
+	// snapshot when this many entries were applied since the last one,
+	// checking every interval, and keep this many entries after it.
+	// Defaults 8192, 2m and 10240.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
+
+	// Logger receives the node's and Raft's logs. Default: silent.
+	Logger *slog.Logger
+
+	// Listener, when set, is where the node accepts Raft connections,
+	// instead of listening on Address itself; Address must be its address.
+	Listener net.Listener
+	// Dial, when set, opens the node's Raft connections to other nodes
+	// (for example over TLS). Default: TCP.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
+
+	hooks *hooks // fault injection for tests; nil otherwise
+}
+
+// hooks let tests stop the write path at precise points.
+type hooks struct {
+	beforePropose func() // before raft.Apply of a transaction
+	afterCommit   func() // Raft committed a transaction; its commit frame is not written yet
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		ApplyTimeout:       10 * time.Second,
+		MaxTxSize:          64 << 20,
+		PageSize:           4096,
+		CheckpointFrames:   1000,
+		HeartbeatTimeout:   time.Second,
+		ElectionTimeout:    time.Second,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
+		SnapshotThreshold:  8192,
+		SnapshotInterval:   2 * time.Minute,
+		TrailingLogs:       10240,
+		Logger:             slog.New(slog.DiscardHandler),
+	}
+}
+
+// withDefaults returns c with zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = d.ApplyTimeout
+	}
+	if c.MaxTxSize == 0 {
+		c.MaxTxSize = d.MaxTxSize
+	}
+	if c.PageSize == 0 {
+		c.PageSize = d.PageSize
+	}
+	if c.CheckpointFrames == 0 {
+		c.CheckpointFrames = d.CheckpointFrames
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = d.HeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = d.ElectionTimeout
+	}
+	if c.LeaderLeaseTimeout == 0 {
+		c.LeaderLeaseTimeout = c.HeartbeatTimeout / 2
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = d.SnapshotThreshold
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = d.SnapshotInterval
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = d.TrailingLogs
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	return c
+}
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errList []error
+	add := func(format string, a ...any) { errList = append(errList, fmt.Errorf("config: "+format, a...)) }
+	if c.ID == 0 {
+		add("ID must be non-zero")
+	}
+	if _, _, err := net.SplitHostPort(c.Address); err != nil {
+		add("Address %q is not host:port: %v", c.Address, err)
+	} else if c.Listener != nil && c.Listener.Addr().String() != c.Address {
+		add("Address %s is not the Listener's address %s", c.Address, c.Listener.Addr())
+	}
+	if c.Dir == "" {
+		add("Dir is required")
+	}
+	if c.ApplyTimeout < 0 {
+		add("ApplyTimeout %v is negative", c.ApplyTimeout)
+	}
+	if c.MaxTxSize < 0 {
+		add("MaxTxSize %d is negative", c.MaxTxSize)
+	}
+	if c.PageSize < 512 || c.PageSize > 65536 || c.PageSize&(c.PageSize-1) != 0 {
+		add("PageSize %d is not a power of two from 512 to 65536", c.PageSize)
+	}
+	if c.CheckpointFrames < 0 {
+		add("CheckpointFrames %d is negative", c.CheckpointFrames)
+	}
+	if c.HeartbeatTimeout < 5*time.Millisecond || c.ElectionTimeout < 5*time.Millisecond {
+		add("HeartbeatTimeout and ElectionTimeout must be at least 5ms")
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		add("LeaderLeaseTimeout %v exceeds HeartbeatTimeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.TrailingLogs < 1 {
+		add("TrailingLogs must be positive")
+	}
+	if len(c.Cluster) > 0 {
+		ids, addrs, self := map[NodeID]bool{}, map[string]bool{}, false
+		for _, p := range c.Cluster {
+			if p.ID == 0 {
+				add("Cluster has a peer with ID 0")
+			}
+			if ids[p.ID] {
+				add("Cluster names node ID %d twice", p.ID)
+			}
+			if addrs[p.Address] {
+				add("Cluster names address %s twice", p.Address)
+			}
+			ids[p.ID], addrs[p.Address] = true, true
+			if p.ID == c.ID {
+				self = true
+				if p.Address != c.Address {
+					add("Cluster gives node %d address %s, but Address is %s", p.ID, p.Address, c.Address)
+				}
+			}
+		}
+		if !self {
+			add("Cluster does not include this node (ID %d)", c.ID)
+		}
+	}
+	return errors.Join(errList...)
+}

@@ -1,0 +1,476 @@
+package driver
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+	ncdriver "github.com/ncruces/go-sqlite3/driver"
+
+	"github.com/godqlite/dqlite/internal/errs"
+)
+
+// conn is one SQLite connection to the local copy of a database.
+//
+// mu serialises the application's calls (one at a time, as database/sql
+// guarantees) with Abort, which the node calls from its own goroutine when
+// leadership is lost or the node closes.
+type conn struct {
+	mu      sync.Mutex
+	id      uint64
+	backend Backend
+	db      Database
+	inner   ncdriver.Conn
+	raw     *sqlite3.Conn
+	untrack func()
+
+	doomed error // the transaction was rolled back under the application
+	closed error // the node closed this connection
+	inTx   bool
+	roTx   bool // the transaction was begun read-only
+}
+
+var (
+	_ driver.Conn               = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.SessionResetter    = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+	_ driver.NamedValueChecker  = (*conn)(nil)
+)
+
+func newConn(ctx context.Context, b Backend, db Database) (*conn, error) {
+	c := &conn{backend: b, db: db}
+	c.id, c.untrack = b.Track(c)
+	uri := db.URI(c.id) + "&_txlock=deferred&_pragma=busy_timeout(10000)&_pragma=wal_autocheckpoint(0)&_pragma=synchronous(normal)"
+	inner, err := (&ncdriver.SQLite{}).OpenConnector(uri)
+	if err == nil {
+		var dc driver.Conn
+		dc, err = inner.Connect(ctx)
+		if err == nil {
+			c.inner = dc.(ncdriver.Conn)
+		}
+	}
+	if err != nil {
+		c.untrack()
+		return nil, err
+	}
+	c.raw = c.inner.Raw()
+	return c, nil
+}
+
+// Raw returns the underlying SQLite connection, for sql.Conn.Raw. Writes
+// made through it bypass the leader check but still replicate (or fail)
+// at commit.
+func (c *conn) Raw() *sqlite3.Conn { return c.raw }
+
+// Abort implements Aborter.
+func (c *conn) Abort(cause error, closing bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed != nil {
+		return
+	}
+	if c.inTx && c.raw.TxnState("main") == sqlite3.TXN_WRITE {
+		c.raw.Exec(`ROLLBACK`)
+		c.doomed = cause
+	}
+	if closing {
+		c.closed = errs.ErrClosed
+		c.inner.Close()
+	}
+}
+
+// enter locks the connection for one call and reports why it cannot run.
+func (c *conn) enter() error {
+	c.mu.Lock()
+	if c.closed != nil {
+		c.mu.Unlock()
+		return c.closed
+	}
+	if c.doomed != nil {
+		err := c.doomed
+		c.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// leave settles the database after a statement and unlocks.
+func (c *conn) leave() {
+	c.db.Settle(c.id)
+	c.mu.Unlock()
+}
+
+// checkWrite is run before any statement that may write.
+func (c *conn) checkWrite() error {
+	if c.roTx {
+		return errReadOnlyTx
+	}
+	if err := c.db.Failed(); err != nil {
+		return err
+	}
+	return c.backend.CheckLeader()
+}
+
+// committed runs after a statement that may have committed a write.
+func (c *conn) committed() {
+	if !c.inTx {
+		c.db.Checkpoint()
+	}
+}
+
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	s, err := c.inner.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	ro := s.(interface{ ReadOnly() bool }).ReadOnly() && !beginsWriteTx(query)
+	return &stmt{c: c, inner: s, readOnly: ro}, nil
+}
+
+// beginsWriteTx reports whether query starts with BEGIN IMMEDIATE or
+// EXCLUSIVE, which SQLite calls read-only but which take the write lock: on
+// a follower that lock belongs to the FSM.
+func beginsWriteTx(query string) bool {
+	f := strings.Fields(strings.ToUpper(query))
+	return len(f) >= 2 && f[0] == "BEGIN" && (f[1] == "IMMEDIATE" || f[1] == "EXCLUSIVE" ||
+		strings.HasPrefix(f[1], "IMMEDIATE;") || strings.HasPrefix(f[1], "EXCLUSIVE;"))
+}
+
+// ExecContext runs a script of statements without arguments, checking each
+// statement before it runs. With arguments, database/sql prepares instead.
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if len(args) != 0 {
+		return nil, driver.ErrSkip
+	}
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.leave()
+	if old := c.raw.SetInterrupt(ctx); old != ctx {
+		defer c.raw.SetInterrupt(old)
+	}
+	c.raw.SetLastInsertRowID(0)
+	var changes int64
+	for tail := query; ; {
+		s, rest, err := c.raw.Prepare(tail)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			break
+		}
+		if !s.ReadOnly() || beginsWriteTx(tail) {
+			if err := c.checkWrite(); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+		err = s.Exec()
+		s.Close()
+		c.trackTx()
+		if err != nil {
+			return nil, c.mapErr(err)
+		}
+		changes += c.raw.Changes()
+		tail = rest
+	}
+	c.committed()
+	return result{c.raw.LastInsertRowID(), changes}, nil
+}
+
+// trackTx follows transactions begun or ended by SQL text.
+func (c *conn) trackTx() {
+	c.inTx = !c.raw.GetAutocommit()
+	if !c.inTx {
+		c.roTx = false
+	}
+}
+
+type result struct{ lastID, rows int64 }
+
+func (r result) LastInsertId() (int64, error) { return r.lastID, nil }
+func (r result) RowsAffected() (int64, error) { return r.rows, nil }
+
+func (c *conn) Begin() (driver.Tx, error) {
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+// BeginTx begins a transaction. On the leader a read-write transaction
+// takes the write lock at once (BEGIN IMMEDIATE), so concurrent writers
+// queue instead of failing with SQLITE_BUSY; elsewhere it is DEFERRED, and
+// its first write fails with ErrNotLeader.
+func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	switch sql.IsolationLevel(opts.Isolation) {
+	case sql.LevelDefault, sql.LevelSerializable, sql.LevelLinearizable:
+	default:
+		return nil, errors.New("dqlite: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
+	}
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	if old := c.raw.SetInterrupt(ctx); old != ctx {
+		defer c.raw.SetInterrupt(old)
+	}
+	begin := `BEGIN DEFERRED`
+	if !opts.ReadOnly && c.db.Failed() == nil && c.backend.CheckLeader() == nil {
+		begin = `BEGIN IMMEDIATE`
+	}
+	if err := c.raw.Exec(begin); err != nil {
+		return nil, err
+	}
+	c.inTx, c.roTx = true, opts.ReadOnly
+	return tx{c}, nil
+}
+
+type tx struct{ c *conn }
+
+func (t tx) Commit() error {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.endDoomed(); err != nil {
+		return err
+	}
+	err := c.raw.Exec(`COMMIT`)
+	c.db.Settle(c.id)
+	if err != nil {
+		err = c.mapErr(err)
+		if !c.raw.GetAutocommit() {
+			c.raw.Exec(`ROLLBACK`)
+		}
+	}
+	c.inTx, c.roTx = false, false
+	if err == nil {
+		c.db.Checkpoint()
+	}
+	return err
+}
+
+func (t tx) Rollback() error {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.doomed != nil || c.closed != nil {
+		c.doomed = nil
+		c.inTx, c.roTx = false, false
+		return nil // already rolled back
+	}
+	ctx := context.Background()
+	if old := c.raw.SetInterrupt(ctx); old != ctx {
+		defer c.raw.SetInterrupt(old)
+	}
+	err := c.raw.Exec(`ROLLBACK`)
+	c.inTx, c.roTx = false, false
+	return err
+}
+
+// endDoomed ends a transaction that was rolled back under the application.
+func (c *conn) endDoomed() error {
+	if c.closed != nil {
+		return c.closed
+	}
+	if err := c.doomed; err != nil {
+		c.doomed = nil
+		c.inTx, c.roTx = false, false
+		return err
+	}
+	return nil
+}
+
+func (c *conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.untrack()
+	if c.closed != nil {
+		return nil
+	}
+	c.closed = errs.ErrClosed
+	return c.inner.Close()
+}
+
+// ResetSession implements driver.SessionResetter.
+func (c *conn) ResetSession(ctx context.Context) error {
+	if !c.IsValid() {
+		return driver.ErrBadConn
+	}
+	return nil
+}
+
+// IsValid implements driver.Validator: a closed connection, or one whose
+// database stopped, is not reused.
+func (c *conn) IsValid() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed == nil && c.db.Failed() == nil
+}
+
+// CheckNamedValue accepts what SQLite can bind.
+func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
+	return checkValue(nv)
+}
+
+func checkValue(nv *driver.NamedValue) error {
+	switch nv.Value.(type) {
+	case bool, int, int64, float64, string, []byte, time.Time, nil:
+		return nil
+	}
+	v, err := driver.DefaultParameterConverter.ConvertValue(nv.Value)
+	if err != nil {
+		return err
+	}
+	nv.Value = v
+	return nil
+}
+
+type stmt struct {
+	c        *conn
+	inner    driver.Stmt
+	readOnly bool
+}
+
+var (
+	_ driver.StmtExecContext   = (*stmt)(nil)
+	_ driver.StmtQueryContext  = (*stmt)(nil)
+	_ driver.NamedValueChecker = (*stmt)(nil)
+)
+
+func (s *stmt) Close() error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.inner.Close()
+}
+
+func (s *stmt) NumInput() int { return s.inner.NumInput() }
+
+func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error { return checkValue(nv) }
+
+func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
+	return s.ExecContext(context.Background(), named(args))
+}
+
+func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
+	return s.QueryContext(context.Background(), named(args))
+}
+
+func named(args []driver.Value) []driver.NamedValue {
+	nv := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	return nv
+}
+
+func (s *stmt) before() error {
+	if err := s.c.enter(); err != nil {
+		return err
+	}
+	if !s.readOnly {
+		if err := s.c.checkWrite(); err != nil {
+			s.c.mu.Unlock()
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if err := s.before(); err != nil {
+		return nil, err
+	}
+	c := s.c
+	defer c.leave()
+	r, err := s.inner.(driver.StmtExecContext).ExecContext(ctx, args)
+	c.trackTx()
+	if err != nil {
+		return nil, c.mapErr(err)
+	}
+	if !s.readOnly {
+		c.committed()
+	}
+	return r, nil
+}
+
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if err := s.before(); err != nil {
+		return nil, err
+	}
+	defer s.c.mu.Unlock()
+	r, err := s.inner.(driver.StmtQueryContext).QueryContext(ctx, args)
+	if err != nil {
+		return nil, s.c.mapErr(err)
+	}
+	return &rows{Rows: r, s: s}, nil
+}
+
+// rows maps errors of statements that write while they are stepped
+// (INSERT … RETURNING) and settles the database when they close.
+type rows struct {
+	driver.Rows
+	s *stmt
+}
+
+func (r *rows) Next(dest []driver.Value) error {
+	c := r.s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := r.Rows.Next(dest)
+	if err != nil && !errors.Is(err, errEOF) {
+		return c.mapErr(err)
+	}
+	return err
+}
+
+func (r *rows) Close() error {
+	c := r.s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := r.Rows.Close()
+	c.db.Settle(c.id)
+	c.trackTx()
+	if !r.s.readOnly {
+		if err != nil {
+			return c.mapErr(err)
+		}
+		c.committed()
+	}
+	return err
+}
+
+func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
+	if t, ok := r.Rows.(driver.RowsColumnTypeDatabaseTypeName); ok {
+		return t.ColumnTypeDatabaseTypeName(i)
+	}
+	return ""
+}
+
+func (r *rows) ColumnTypeNullable(i int) (nullable, ok bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypeNullable); ok {
+		return t.ColumnTypeNullable(i)
+	}
+	return false, false
+}
+
+func (r *rows) ColumnTypeScanType(i int) reflect.Type {
+	if t, ok := r.Rows.(driver.RowsColumnTypeScanType); ok {
+		return t.ColumnTypeScanType(i)
+	}
+	return reflect.TypeFor[any]()
+}

@@ -1,0 +1,140 @@
+// Package driver is dqlite's database/sql driver.
+//
+// It is registered as "dqlite". A data source name is the address of a node
+// running in this process and a database name, "127.0.0.1:9001/test.db";
+// dqlite.Node.Open does the same in one call and is the usual way in.
+//
+// Connections are SQLite connections (github.com/ncruces/go-sqlite3, no cgo)
+// to the node's local copy of the database, opened through the dqlite VFS.
+// Reads run locally on every node. A statement that writes is checked
+// before it runs: on a node that is not the leader it fails with an error
+// matching dqlite.ErrNotLeader that names the leader. On the leader, COMMIT
+// returns only once a Raft quorum has the transaction's WAL frames.
+package driver
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/godqlite/dqlite/internal/errs"
+)
+
+// Backend is what the driver needs from a node. *dqlite.Node provides one;
+// applications do not implement it.
+type Backend interface {
+	// Database returns the named database, waiting for it to exist.
+	Database(ctx context.Context, name string) (Database, error)
+	// CheckLeader returns nil when this node may commit writes now, and
+	// otherwise an error matching ErrNotLeader (or ErrClosed).
+	CheckLeader() error
+	// Track registers a connection, so that the node can roll back its
+	// write transaction when leadership is lost and close it on shutdown.
+	Track(c Aborter) (id uint64, untrack func())
+}
+
+// Aborter is a connection as the node sees it.
+type Aborter interface {
+	// Abort rolls back the connection's write transaction, if any; later
+	// calls in that transaction return cause. With closing set it also
+	// closes the connection.
+	Abort(cause error, closing bool)
+}
+
+// Database is one replicated database, as the driver sees it.
+type Database interface {
+	URI(conn uint64) string      // SQLite URI opening it as connection conn
+	TakeError(conn uint64) error // real cause of conn's last failed commit
+	Settle(conn uint64)          // a statement of conn returned
+	Checkpoint()                 // checkpoint if the WAL is long; never waits
+	Failed() error               // non-nil once this node's copy stopped
+}
+
+// Driver implements database/sql/driver.Driver and DriverContext.
+type Driver struct{}
+
+var (
+	_ driver.Driver        = Driver{}
+	_ driver.DriverContext = Driver{}
+)
+
+func init() {
+	sql.Register("dqlite", Driver{})
+}
+
+var (
+	backendsMu sync.Mutex
+	backends   = map[string]Backend{}
+)
+
+// RegisterBackend makes the node listening at address reachable through
+// data source names. dqlite.New calls it; Unregister is returned.
+func RegisterBackend(address string, b Backend) (unregister func()) {
+	backendsMu.Lock()
+	backends[address] = b
+	backendsMu.Unlock()
+	return func() {
+		backendsMu.Lock()
+		if backends[address] == b {
+			delete(backends, address)
+		}
+		backendsMu.Unlock()
+	}
+}
+
+// Open implements driver.Driver.
+func (d Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.OpenConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector implements driver.DriverContext. The name is
+// "<node address>/<database>".
+func (Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	addr, db, ok := strings.Cut(dsn, "/")
+	if !ok || addr == "" || db == "" {
+		return nil, fmt.Errorf("dqlite: data source name %q is not <node address>/<database>", dsn)
+	}
+	backendsMu.Lock()
+	b := backends[addr]
+	backendsMu.Unlock()
+	if b == nil {
+		return nil, fmt.Errorf("dqlite: no node at %s in this process: %w", addr, errs.ErrClosed)
+	}
+	return NewConnector(b, db), nil
+}
+
+// Connector opens connections to one database of one node. It implements
+// driver.Connector; use it with sql.OpenDB.
+type Connector struct {
+	backend Backend
+	name    string
+}
+
+var _ driver.Connector = (*Connector)(nil)
+
+// NewConnector returns a Connector for database name on backend.
+func NewConnector(b Backend, name string) *Connector {
+	return &Connector{backend: b, name: name}
+}
+
+// Driver implements driver.Connector.
+func (c *Connector) Driver() driver.Driver { return Driver{} }
+
+// Connect implements driver.Connector.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	db, err := c.backend.Database(ctx, c.name)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Failed(); err != nil {
+		return nil, err
+	}
+	return newConn(ctx, c.backend, db)
+}

@@ -1,0 +1,41 @@
+package dqlite
+
+import "github.com/godqlite/dqlite/internal/errs"
+
+// The errors of dqlite. Every layer returns these same values (or errors
+// wrapping them), so errors.Is works whichever layer an error came from.
+var (
+	// ErrNotLeader is returned when a write, a database creation or a
+	// membership change reaches a node that is not the leader, or a leader
+	// that is not ready to accept writes yet. The error is a
+	// *NotLeaderError naming the leader when one is known.
+	ErrNotLeader = errs.ErrNotLeader
+	// ErrLeadershipLost is returned when the node lost leadership while a
+	// transaction was being committed, or when a transaction was rolled
+	// back because its node lost leadership. The transaction may or may
+	// not have committed: if Raft committed it, it is present on every
+	// node; otherwise it is present on none.
+	ErrLeadershipLost = errs.ErrLeadershipLost
+	// ErrNoQuorum is returned when a commit did not reach a quorum within
+	// Config.ApplyTimeout. As with ErrLeadershipLost the outcome is
+	// unknown until the cluster recovers; the node accepts no new write
+	// until it is known.
+	ErrNoQuorum = errs.ErrNoQuorum
+	// ErrClosed is returned by a node, and by its connections, after Close.
+	ErrClosed = errs.ErrClosed
+	// ErrTxTooLarge is returned when a transaction writes more page data
+	// than Config.MaxTxSize. Nothing was replicated or written.
+	ErrTxTooLarge = errs.ErrTxTooLarge
+	// ErrDiverged is returned when this node's copy of a database can no
+	// longer be trusted (an entry failed to apply); the node stops serving
+	// that database.
+	ErrDiverged = errs.ErrDiverged
+	// ErrNoDatabase is returned for a database that does not exist.
+	ErrNoDatabase = errs.ErrNoDatabase
+	// ErrDirInUse is returned when another node holds the data directory.
+	ErrDirInUse = errs.ErrDirInUse
+)
+
+// NotLeaderError is the error returned on a node that is not the leader.
+// errors.Is(err, ErrNotLeader) holds for it; errors.As gives the leader.
+type NotLeaderError = errs.NotLeaderError

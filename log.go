@@ -1,0 +1,54 @@
+package dqlite
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// hclogger passes hashicorp/raft's logs (hclog) to a *slog.Logger.
+type hclogger struct {
+	hclog.Logger // a null logger: the methods not overridden below do nothing
+	l            *slog.Logger
+}
+
+func newHclog(l *slog.Logger) hclog.Logger {
+	return &hclogger{Logger: hclog.NewNullLogger(), l: l.With("component", "raft")}
+}
+
+func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
+	lv := slog.LevelInfo
+	switch {
+	case level <= hclog.Debug:
+		lv = slog.LevelDebug
+	case level == hclog.Warn:
+		lv = slog.LevelWarn
+	case level >= hclog.Error:
+		lv = slog.LevelError
+	}
+	if !h.l.Enabled(context.Background(), lv) {
+		return
+	}
+	if len(args)%2 == 1 {
+		args = append(args[:len(args)-1], "extra", fmt.Sprint(args[len(args)-1]))
+	}
+	h.l.Log(context.Background(), lv, msg, args...)
+}
+
+func (h *hclogger) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }
+func (h *hclogger) Debug(msg string, args ...any) { h.Log(hclog.Debug, msg, args...) }
+func (h *hclogger) Info(msg string, args ...any)  { h.Log(hclog.Info, msg, args...) }
+func (h *hclogger) Warn(msg string, args ...any)  { h.Log(hclog.Warn, msg, args...) }
+func (h *hclogger) Error(msg string, args ...any) { h.Log(hclog.Error, msg, args...) }
+func (h *hclogger) IsDebug() bool                 { return h.l.Enabled(context.Background(), slog.LevelDebug) }
+func (h *hclogger) IsInfo() bool                  { return h.l.Enabled(context.Background(), slog.LevelInfo) }
+func (h *hclogger) IsWarn() bool                  { return h.l.Enabled(context.Background(), slog.LevelWarn) }
+func (h *hclogger) IsError() bool                 { return h.l.Enabled(context.Background(), slog.LevelError) }
+func (h *hclogger) Named(name string) hclog.Logger {
+	return &hclogger{Logger: h.Logger, l: h.l.With("name", name)}
+}
+func (h *hclogger) With(args ...any) hclog.Logger {
+	return &hclogger{Logger: h.Logger, l: h.l.With(args...)}
+}

@@ -1,0 +1,396 @@
+package dqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/godqlite/dqlite/driver"
+	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/fsm"
+)
+
+// Node is one member of a dqlite cluster: a Raft peer that holds a copy of
+// every database in its data directory.
+type Node struct {
+	cfg        Config
+	raft       *raft.Raft
+	fsm        *fsm.FSM
+	trans      *raft.NetworkTransport
+	store      *raftboltdb.BoltStore
+	notifyCh   chan bool
+	done       chan struct{}
+	unregister func()
+	wg         sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	epoch    uint64 // changes whenever readiness is lost or leadership changes
+	ready    bool   // leader, and every entry of earlier terms applied
+	conns    map[uint64]driver.Aborter
+	nextConn uint64
+}
+
+// New starts a node. With Config.Cluster set on an empty data directory it
+// bootstraps a new cluster; on a directory with state it rejoins the
+// cluster recorded there. The node's databases are rebuilt from the Raft
+// snapshot and log.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	n := &Node{cfg: cfg, notifyCh: make(chan bool, 16), done: make(chan struct{}),
+		conns: map[uint64]driver.Aborter{}}
+	var cleanup []func()
+	fail := func(err error) (*Node, error) {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+		return nil, err
+	}
+
+	// The Raft log first: its file lock keeps a second node off the directory
+	// before anything in it is touched.
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.Dir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: 500 * time.Millisecond},
+	})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return fail(fmt.Errorf("%w: %s", errs.ErrDirInUse, cfg.Dir))
+	}
+	if err != nil {
+		return fail(fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err))
+	}
+	n.store = store
+	cleanup = append(cleanup, func() { store.Close() })
+
+	hlog := newHclog(cfg.Logger)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
+	if err != nil {
+		return fail(fmt.Errorf("snapshot store: %w", err))
+	}
+	n.fsm, err = fsm.New(cfg.Dir, fsm.Options{
+		NodeID:           uint64(cfg.ID),
+		MaxTxSize:        cfg.MaxTxSize,
+		CheckpointFrames: uint32(cfg.CheckpointFrames),
+		Logger:           cfg.Logger,
+		Propose:          n.propose,
+	})
+	if cfg.hooks != nil && cfg.hooks.afterCommit != nil {
+		n.fsm.SetAfterCommit(cfg.hooks.afterCommit)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("databases: %w", err))
+	}
+	cleanup = append(cleanup, func() { n.fsm.Close() })
+
+	stream, err := newStreamLayer(cfg)
+	if err != nil {
+		return fail(fmt.Errorf("listen on %s: %w", cfg.Address, err))
+	}
+	n.trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hlog)
+	cleanup = append(cleanup, func() { n.trans.Close() })
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(strconv.FormatUint(uint64(cfg.ID), 10))
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.NotifyCh = n.notifyCh
+	rc.Logger = hlog
+
+	if len(cfg.Cluster) > 0 {
+		exists, err := raft.HasExistingState(store, store, snaps)
+		if err != nil {
+			return fail(fmt.Errorf("read raft state: %w", err))
+		}
+		if !exists {
+			if err := raft.BootstrapCluster(rc, store, store, snaps, n.trans, configuration(cfg.Cluster)); err != nil {
+				return fail(fmt.Errorf("bootstrap: %w", err))
+			}
+		}
+	}
+	n.raft, err = raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans)
+	if err != nil {
+		return fail(fmt.Errorf("start raft: %w", err))
+	}
+	n.wg.Add(1)
+	go n.watchLeadership()
+	n.unregister = driver.RegisterBackend(n.Address(), backend{n})
+	return n, nil
+}
+
+func configuration(peers []Peer) raft.Configuration {
+	var c raft.Configuration
+	for _, p := range peers {
+		c.Servers = append(c.Servers, raft.Server{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(strconv.FormatUint(uint64(p.ID), 10)),
+			Address:  raft.ServerAddress(p.Address),
+		})
+	}
+	return c
+}
+
+// Bootstrap starts a new cluster of peers (which must include this node)
+// on a node created without Config.Cluster, for example because its port
+// was only known once it listened. Call it on every initial member, with
+// the same peers.
+func (n *Node) Bootstrap(peers []Peer) error {
+	cfg := n.cfg
+	cfg.Cluster = peers
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return n.raft.BootstrapCluster(configuration(peers)).Error()
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() NodeID { return n.cfg.ID }
+
+// Address returns the address the node's Raft transport listens on.
+func (n *Node) Address() string { return string(n.trans.LocalAddr()) }
+
+// Dir returns the node's data directory.
+func (n *Node) Dir() string { return n.cfg.Dir }
+
+// Leader returns the ID and address of the current leader, or zero values
+// when none is known.
+func (n *Node) Leader() (NodeID, string) {
+	addr, id := n.raft.LeaderWithID()
+	v, _ := strconv.ParseUint(string(id), 10, 64)
+	return NodeID(v), string(addr)
+}
+
+// IsLeader reports whether this node is the leader and ready for writes.
+func (n *Node) IsLeader() bool { return n.checkLeader() == nil }
+
+// Open returns a *sql.DB for the database name, creating it on the cluster
+// when it does not exist yet. Creation needs the leader: on another node,
+// Open waits (until ctx is done) for the leader to create it.
+func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
+	if name == "" || len(name) > 255 || filepath.Base(name) != name || name == "raft.db" {
+		return nil, fmt.Errorf("dqlite: invalid database name %q", name)
+	}
+	if _, err := n.database(ctx, name); err != nil {
+		return nil, err
+	}
+	return sql.OpenDB(driver.NewConnector(backend{n}, name)), nil
+}
+
+func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
+	for {
+		if d := n.fsm.Database(name); d != nil {
+			return d, nil
+		}
+		err := n.checkLeader()
+		if err == nil {
+			err = n.propose(command.EncodeOpen(command.Open{Database: name, PageSize: uint32(n.cfg.PageSize)}))
+			if err == nil {
+				continue
+			}
+		}
+		if errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		d, werr := n.fsm.Wait(wait, name)
+		cancel()
+		if d != nil {
+			return d, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("open %s: %w (%w)", name, ctx.Err(), err)
+		}
+		if errors.Is(werr, ErrClosed) {
+			return nil, werr
+		}
+	}
+}
+
+// checkLeader returns nil when this node may commit writes now.
+func (n *Node) checkLeader() error {
+	n.mu.Lock()
+	closed, ready := n.closed, n.ready
+	n.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if ready && n.raft.State() == raft.Leader {
+		return nil
+	}
+	id, addr := n.Leader()
+	return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+}
+
+// propose replicates one command. It is the fsm.Proposer of this node.
+func (n *Node) propose(cmd []byte) error {
+	if err := n.checkLeader(); err != nil {
+		return err
+	}
+	if h := n.cfg.hooks; h != nil && h.beforePropose != nil && len(cmd) > 1 && cmd[1] == byte(command.TypeFrames) {
+		h.beforePropose()
+	}
+	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
+	done := make(chan error, 1)
+	go func() {
+		err := f.Error()
+		if err == nil {
+			if r, ok := f.Response().(error); ok {
+				err = r
+			}
+		}
+		done <- err
+	}()
+	timer := time.NewTimer(n.cfg.ApplyTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			id, addr := n.Leader()
+			return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+		case errors.Is(err, raft.ErrEnqueueTimeout):
+			return fmt.Errorf("%w: not enqueued within %v", ErrNoQuorum, n.cfg.ApplyTimeout)
+		case errors.Is(err, raft.ErrLeadershipLost):
+			n.unready()
+			return ErrLeadershipLost
+		case errors.Is(err, raft.ErrRaftShutdown):
+			n.unready()
+			return ErrClosed
+		}
+		return err
+	case <-timer.C:
+		// The entry is in our log and may still commit. Until it is
+		// applied, no later transaction may be built: its pages would
+		// not include this one's.
+		n.unready()
+		return fmt.Errorf("%w: no quorum within %v", ErrNoQuorum, n.cfg.ApplyTimeout)
+	}
+}
+
+// unready stops writes until a new barrier shows every entry applied, and
+// rolls back open write transactions, whose pages may be stale.
+func (n *Node) unready() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.epoch++
+	n.ready = false
+	n.abortAll(ErrLeadershipLost, false)
+	if !n.closed && n.raft.State() == raft.Leader {
+		n.wg.Add(1)
+		go n.barrier(n.epoch)
+	}
+}
+
+// abortAll rolls back the write transactions of every connection, each on
+// its own goroutine (a connection may be busy). n.mu must be held.
+func (n *Node) abortAll(cause error, closing bool) {
+	for _, c := range n.conns {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			c.Abort(cause, closing)
+		}()
+	}
+}
+
+// barrier makes the node ready once every entry before it is applied,
+// unless leadership changed meanwhile.
+func (n *Node) barrier(epoch uint64) {
+	defer n.wg.Done()
+	err := n.raft.Barrier(0).Error()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err == nil && epoch == n.epoch && !n.closed && n.raft.State() == raft.Leader {
+		n.ready = true
+		n.cfg.Logger.Info("leader ready", "node", n.cfg.ID)
+	}
+}
+
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			return
+		case leader := <-n.notifyCh:
+			n.mu.Lock()
+			n.epoch++
+			n.ready = false
+			if leader {
+				n.wg.Add(1)
+				go n.barrier(n.epoch)
+			} else {
+				n.abortAll(ErrLeadershipLost, false)
+			}
+			n.mu.Unlock()
+			n.cfg.Logger.Info("leadership changed", "node", n.cfg.ID, "leader", leader)
+		}
+	}
+}
+
+// Close stops the node: open transactions are rolled back, connections
+// closed (later calls on them return ErrClosed), Raft shut down and every
+// file closed. The data directory is kept.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.epoch++
+	n.ready = false
+	n.abortAll(ErrClosed, true)
+	n.mu.Unlock()
+	n.unregister()
+	close(n.done)
+	err := n.raft.Shutdown().Error()
+	n.wg.Wait()
+	n.trans.CloseStreams()
+	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close())
+}
+
+// backend is the node as the driver sees it.
+type backend struct{ n *Node }
+
+func (b backend) Database(ctx context.Context, name string) (driver.Database, error) {
+	return b.n.database(ctx, name)
+}
+
+func (b backend) CheckLeader() error { return b.n.checkLeader() }
+
+func (b backend) Track(c driver.Aborter) (uint64, func()) {
+	n := b.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.nextConn++
+	id := n.nextConn
+	n.conns[id] = c
+	return id, func() {
+		n.mu.Lock()
+		delete(n.conns, id)
+		n.mu.Unlock()
+	}
+}
