@@ -356,7 +356,20 @@ func (c *cluster) check(name, query string, o *outcome) {
 			live = append(live, i)
 		}
 	}
-	// Converge: every node has the same content.
+	// Converge: every node applied everything the leader has.
+	l := c.waitLeader()
+	if err := c.nodes[l].raft.Barrier(10 * time.Second).Error(); err != nil {
+		c.t.Fatalf("barrier: %v", err)
+	}
+	target := c.nodes[l].raft.AppliedIndex()
+	waitFor(c.t, 20*time.Second, "nodes to apply the whole log", func() bool {
+		for _, i := range live {
+			if c.nodes[i].raft.AppliedIndex() < target {
+				return false
+			}
+		}
+		return true
+	})
 	var want string
 	waitFor(c.t, 20*time.Second, "nodes to converge", func() bool {
 		want = dump(c.t, c.db(live[0], name))

@@ -17,6 +17,7 @@ import (
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/vfs"
+	"github.com/godqlite/dqlite/wal"
 )
 
 // Proposer appends a command to the Raft log and waits until the local FSM
@@ -299,4 +300,16 @@ func (d *DB) CheckpointNow(timeout time.Duration) error {
 	defer d.apply.BusyTimeout(time.Second)
 	_, _, err := d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
 	return err
+}
+
+// WALState returns the wal-index header and the number of frames
+// checkpointed into the database file: the state readers see.
+func (d *DB) WALState() (wal.IndexHeader, uint32, error) {
+	x := wal.NewIndex(d.shm)
+	h, err := x.Header()
+	if err != nil {
+		return h, 0, err
+	}
+	b, err := x.Backfilled()
+	return h, b, err
 }
