@@ -146,8 +146,8 @@ func newCluster(t testing.TB, n int, opts ...func(*Config)) *cluster {
 	for i := range n {
 		cfg := Config{
 			ID: NodeID(i + 1), Address: peers[i].Address, Dir: t.TempDir(), Cluster: peers,
-			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-			LeaderLeaseTimeout: 100 * time.Millisecond, ApplyTimeout: 3 * time.Second,
+			HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
+			LeaderLeaseTimeout: 250 * time.Millisecond, ApplyTimeout: 3 * time.Second,
 			Logger: testLogger(t), Dial: c.net.dialer(i),
 		}
 		for _, o := range opts {

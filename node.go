@@ -91,8 +91,12 @@ func New(cfg Config) (*Node, error) {
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
 	})
-	if cfg.hooks != nil && cfg.hooks.afterCommit != nil {
-		n.fsm.SetAfterCommit(cfg.hooks.afterCommit)
+	if h := cfg.hooks; h != nil {
+		n.fsm.SetAfterCommit(func() {
+			if h.afterCommit != nil {
+				h.afterCommit()
+			}
+		})
 	}
 	if err != nil {
 		return fail(fmt.Errorf("databases: %w", err))
