@@ -418,3 +418,5 @@ func (c *cluster) check(name, query string, o *outcome) {
 		}
 	}
 }
+
+func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }

@@ -71,6 +71,12 @@ func (c *cluster) stopWhileUsed(i int) {
 		c.t.Errorf("close node %d: %v", i+1, err)
 	}
 	c.nodes[i] = nil
+	for k, db := range c.dbs {
+		if k[0] == i {
+			db.Close()
+			delete(c.dbs, k)
+		}
+	}
 }
 
 // scenario describes one cell of the deposition matrix.

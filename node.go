@@ -202,6 +202,12 @@ func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
 
 func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
 	for {
+		n.mu.Lock()
+		closed := n.closed
+		n.mu.Unlock()
+		if closed {
+			return nil, ErrClosed
+		}
 		if d := n.fsm.Database(name); d != nil {
 			return d, nil
 		}
