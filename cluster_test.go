@@ -420,3 +420,7 @@ func (c *cluster) check(name, query string, o *outcome) {
 }
 
 func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
+
+type sqlTxOptions = sql.TxOptions
+
+func sqlNamed(name string, v any) sql.NamedArg { return sql.Named(name, v) }

@@ -100,6 +100,10 @@ func (c *conn) enter() error {
 		c.mu.Unlock()
 		return err
 	}
+	if err := c.db.Failed(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
 	return nil
 }
 

@@ -219,6 +219,11 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	return err
 }
 
+// Diverged implements vfs.Committer: the node stops serving the database.
+func (d *DB) Diverged(err error) {
+	d.fail(fmt.Errorf("commit frame not written after Raft committed: %w", err))
+}
+
 func (d *DB) setErr(conn uint64, err error) {
 	d.mu.Lock()
 	d.errs[conn] = err

@@ -63,6 +63,10 @@ type Tx struct {
 // Committer replicates transactions of one database. See the package doc.
 type Committer interface {
 	Commit(conn uint64, tx *Tx) error
+	// Diverged is called when the commit frame of a transaction that Commit
+	// accepted could not be written: this node's copy no longer matches
+	// the cluster's and must not be served.
+	Diverged(err error)
 }
 
 type frame struct {
@@ -316,10 +320,12 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 		return 0, sqlite3.IOERR_WRITE
 	}
 	if _, err := w.File.WriteAt(held, off-wal.FrameHeaderSize); err != nil {
+		s.committer.Diverged(err)
 		return 0, err
 	}
 	m, err := w.File.WriteAt(p, off)
 	if err != nil {
+		s.committer.Diverged(err)
 		return m, err
 	}
 	s.lastCommit = n
