@@ -160,7 +160,7 @@ func configuration(peers []Peer) raft.Configuration {
 // the same peers.
 func (n *Node) Bootstrap(peers []Peer) error {
 	cfg := n.cfg
-	cfg.Cluster = peers
+	cfg.Cluster, cfg.Address, cfg.Listener = peers, n.Address(), nil
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

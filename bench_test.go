@@ -1,0 +1,53 @@
+package dqlite
+
+import (
+	"database/sql"
+	"path/filepath"
+	"testing"
+
+	_ "github.com/ncruces/go-sqlite3/driver"
+)
+
+// BenchmarkInsert measures 1-row INSERT transactions from one goroutine:
+// on the leader of a 3-node cluster over loopback TCP (Raft log synced on
+// every commit), and on plain local SQLite through the same binding.
+//
+//	go test -run '^$' -bench BenchmarkInsert -benchtime 5s .
+func BenchmarkInsert(b *testing.B) {
+	b.Run("dqlite-3-nodes", func(b *testing.B) {
+		c := newCluster(b, 3)
+		benchInsert(b, c.db(c.waitLeader(), "bench.db"))
+	})
+	for _, sync := range []string{"normal", "full"} {
+		b.Run("sqlite-local-wal-sync-"+sync, func(b *testing.B) {
+			db, err := sql.Open("sqlite3", "file:"+filepath.Join(b.TempDir(), "bench.db")+
+				"?_pragma=journal_mode(wal)&_pragma=synchronous("+sync+")")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			benchInsert(b, db)
+		})
+	}
+}
+
+func benchInsert(b *testing.B, db *sql.DB) {
+	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tx, err := db.Begin()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tx.Exec(`INSERT INTO t (v) VALUES ('x')`); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+}

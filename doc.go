@@ -1,0 +1,42 @@
+// Package dqlite replicates SQLite databases across a cluster with Raft.
+//
+// An application links it in like SQLite itself, with no cgo and no
+// external process, and talks to it through database/sql:
+//
+//	node, err := dqlite.New(dqlite.Config{ID: 1, Address: "127.0.0.1:9001", Dir: dir, Cluster: peers})
+//	db, err := node.Open(ctx, "test.db")     // a *sql.DB
+//	tx, err := db.BeginTx(ctx, nil)
+//	tx.ExecContext(ctx, "INSERT INTO t VALUES (?, datetime('now'), random())", 1)
+//	err = tx.Commit()                        // returns once a Raft quorum has the frames
+//
+// What is replicated is not SQL text but the WAL frames (page images) that
+// SQLite writes for each transaction, so any SQL gives the same bytes on
+// every node: interactive transactions, savepoints, triggers, random(),
+// datetime('now').
+//
+// # The application's duties
+//
+//   - Give every node a unique non-zero ID and its own data directory.
+//     Bootstrap a new cluster once, with the same peers on every initial
+//     member (Config.Cluster, or Node.Bootstrap when ports are chosen at
+//     run time). Restart a node on its data directory to rejoin.
+//   - Write on the leader. On any other node a statement that writes fails
+//     before it runs with an error matching ErrNotLeader; a *NotLeaderError
+//     names the leader, where the application can send the write. Reads
+//     work on every node and see only committed transactions (a follower
+//     may lag behind the leader).
+//   - Treat ErrLeadershipLost and ErrNoQuorum on Commit as "outcome
+//     unknown": the transaction is then either on every node or on none,
+//     and the cluster settles which once a quorum is back. Other errors
+//     mean nothing was written.
+//   - Close the node when done: open transactions are rolled back and the
+//     files closed.
+//
+// # Data directory
+//
+// A node's directory holds each database (name, name-wal, name-shm), the
+// Raft log and stable store (raft.db) and Raft snapshots (snapshots/). On
+// start, a node rebuilds its databases from the latest snapshot and the
+// log after it: the Raft log is the durable record, the database files a
+// cache of it.
+package dqlite
