@@ -202,11 +202,8 @@ func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
 
 func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
 	for {
-		n.mu.Lock()
-		closed := n.closed
-		n.mu.Unlock()
-		if closed {
-			return nil, ErrClosed
+		if err := n.checkOpen(); err != nil {
+			return nil, err
 		}
 		if d := n.fsm.Database(name); d != nil {
 			return d, nil
@@ -403,4 +400,34 @@ func (b backend) Track(c driver.Aborter) (uint64, func()) {
 		delete(n.conns, id)
 		n.mu.Unlock()
 	}
+}
+
+// Checkpoint copies database name's WAL into its file on this node and
+// truncates the WAL, waiting for readers until ctx is done. Checkpoints
+// are local: they change no content, so nodes need not agree on them.
+func (n *Node) Checkpoint(ctx context.Context, name string) error {
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	d := n.fsm.Database(name)
+	if d == nil {
+		return fmt.Errorf("%w: %s", ErrNoDatabase, name)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return ctx.Err()
+	}
+	return d.CheckpointNow(timeout)
+}
+
+func (n *Node) checkOpen() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	return nil
 }

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestMain lets the demo re-execute the test binary as a node.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == nodeFlag {
+		os.Exit(runNode(os.Args[2:], os.Stdout))
+	}
+	os.Exit(m.Run())
+}
+
+func TestDemo_ConvergesAfterKills(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs three node processes for 15s")
+	}
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"-duration", "15s", "-dir", t.TempDir(),
+		"-min-life", "3s", "-max-life", "5s", "-pause", "1s"}, &out, &errOut)
+	t.Logf("demo output:\n%s%s", out.String(), errOut.String())
+	if code != 0 {
+		t.Fatalf("demo exited %d", code)
+	}
+	m := regexp.MustCompile(`(?m)^converged: nodes=3 acknowledged=(\d+) present=(\d+) lost=(\d+) ambiguous=(\d+) leader_changes=(\d+) kills=(\d+)$`).
+		FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatal("no converged line")
+	}
+	n := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
+	acked, present, lost, ambiguous, kills := n(1), n(2), n(3), n(4), n(6)
+	if lost != 0 || acked == 0 || present != acked+ambiguous {
+		t.Errorf("acknowledged=%d present=%d lost=%d ambiguous=%d", acked, present, lost, ambiguous)
+	}
+	if kills < 2 {
+		t.Errorf("only %d kills in 15s", kills)
+	}
+}
+
+func TestDemo_RejectsBadFlags(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"-nodes", "0", "-duration", "-1s"}, &out, &errOut); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	for _, want := range []string{"-nodes 0", "-duration -1s"} {
+		if !bytes.Contains(errOut.Bytes(), []byte(want)) {
+			t.Errorf("error output lacks %q: %s", want, errOut.String())
+		}
+	}
+}

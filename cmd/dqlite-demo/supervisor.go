@@ -1,0 +1,273 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// rowKey identifies a demo row.
+type rowKey struct {
+	node, run int
+	n         int64
+}
+
+// proc is one node process.
+type proc struct {
+	cmd    *exec.Cmd
+	run    int
+	done   chan struct{} // closed when the process has exited
+	killAt time.Time     // when it is to be killed
+	downAt time.Time     // when it was killed
+}
+
+type supervisor struct {
+	o         options
+	out       io.Writer
+	exe       string
+	dirs      []string
+	listeners []*net.TCPListener
+	files     []*os.File // the listeners' descriptors, handed to every run of a node
+	peers     string
+	procs     []*proc
+	events    chan event
+	readers   sync.WaitGroup
+
+	acked         map[rowKey]bool
+	errors        int
+	leader        int
+	leaderChanges int
+	kills         int
+	snapshots     int
+}
+
+func newSupervisor(o options, out io.Writer) (*supervisor, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	s := &supervisor{o: o, out: out, exe: exe, events: make(chan event, 1024), acked: map[rowKey]bool{}}
+	var peers []string
+	for i := range o.nodes {
+		dir := filepath.Join(o.dir, fmt.Sprintf("dqlite-demo-%d", i+1))
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		f, err := l.File()
+		if err != nil {
+			return nil, err
+		}
+		s.dirs = append(s.dirs, dir)
+		s.listeners = append(s.listeners, l)
+		s.files = append(s.files, f)
+		peers = append(peers, fmt.Sprintf("%d=%s", i+1, l.Addr()))
+	}
+	s.peers = strings.Join(peers, ",")
+	s.procs = make([]*proc, o.nodes)
+	return s, nil
+}
+
+func (s *supervisor) logf(format string, a ...any) {
+	fmt.Fprintf(s.out, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, a...)...)
+}
+
+// spawn starts node i (its run-th start).
+func (s *supervisor) spawn(i, run int) error {
+	cmd := exec.Command(s.exe, nodeFlag, "-id", fmt.Sprint(i+1), "-run", fmt.Sprint(run),
+		"-dir", s.dirs[i], "-peers", s.peers)
+	cmd.ExtraFiles = []*os.File{s.files[i]}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	logFile, err := os.OpenFile(filepath.Join(s.dirs[i], "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = logFile
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		logFile.Close()
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return err
+	}
+	p := &proc{cmd: cmd, run: run, done: make(chan struct{})}
+	p.killAt = time.Now().Add(s.o.minLife + rand.N(s.o.maxLife-s.o.minLife+1))
+	s.procs[i] = p
+	s.readers.Add(1)
+	go func() {
+		defer s.readers.Done()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev event
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				s.events <- ev
+			}
+		}
+		cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	return nil
+}
+
+func (s *supervisor) handle(ev event, acks *int) {
+	switch ev.Type {
+	case "ack":
+		s.acked[rowKey{ev.Node, ev.Run, ev.N}] = true
+		*acks++
+	case "leader":
+		if ev.Node != s.leader {
+			if s.leader != 0 {
+				s.leaderChanges++
+			}
+			s.leader = ev.Node
+			s.logf("node %d is the leader", ev.Node)
+		}
+	case "redirect":
+		if ev.Leader == 0 {
+			s.logf("node %d: not the leader, no leader known: waiting", ev.Node)
+		} else {
+			s.logf("node %d: not the leader: writes go to node %d", ev.Node, ev.Leader)
+		}
+	case "snapshot":
+		s.snapshots++
+		s.logf("node %d took snapshot %s", ev.Node, ev.Text)
+	case "error":
+		s.errors++
+		s.logf("node %d: commit %d failed: %s", ev.Node, ev.N, ev.Text)
+	case "fatal":
+		s.logf("node %d stopped: %s", ev.Node, ev.Text)
+	}
+}
+
+func (s *supervisor) down() int {
+	n := 0
+	for _, p := range s.procs {
+		if p == nil || !p.downAt.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+// run drives the demo and returns the exit code.
+func (s *supervisor) run(ctx context.Context) int {
+	fmt.Fprintf(s.out, "dqlite-demo: %d nodes on 127.0.0.1, data in:\n", s.o.nodes)
+	for _, d := range s.dirs {
+		fmt.Fprintf(s.out, "  %s\n", d)
+	}
+	pattern := filepath.Join(s.o.dir, "dqlite-demo-*")
+	fmt.Fprintf(s.out, "watch them with: watch ls -l %s/ %s/snapshots/\n", pattern, pattern)
+	for i := range s.o.nodes {
+		if err := s.spawn(i, 0); err != nil {
+			s.logf("cannot start node %d: %v", i+1, err)
+			s.stopAll()
+			return 1
+		}
+		s.logf("node %d started (pid %d)", i+1, s.procs[i].cmd.Process.Pid)
+	}
+	end := time.After(s.o.duration)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	acks, total := 0, 0
+	for {
+		select {
+		case <-ctx.Done():
+			s.logf("interrupted: stopping the nodes; data directories are kept")
+			s.stopAll()
+			return 130
+		case <-end:
+			s.logf("%v elapsed: stopping the nodes", s.o.duration)
+			s.stopAll()
+			return s.verify()
+		case ev := <-s.events:
+			s.handle(ev, &acks)
+		case now := <-tick.C:
+			total += acks
+			s.logf("rows committed/s: %d (acknowledged so far: %d)", acks, total)
+			acks = 0
+			s.chaos(now)
+		}
+	}
+}
+
+// chaos kills nodes whose time has come, keeping a quorum up, and
+// restarts those that were down long enough.
+func (s *supervisor) chaos(now time.Time) {
+	for i, p := range s.procs {
+		if !p.downAt.IsZero() {
+			if now.Sub(p.downAt) >= s.o.pause {
+				if err := s.spawn(i, p.run+1); err != nil {
+					s.logf("cannot restart node %d: %v", i+1, err)
+					continue
+				}
+				s.logf("node %d restarted (run %d, pid %d)", i+1, p.run+1, s.procs[i].cmd.Process.Pid)
+			}
+			continue
+		}
+		if now.After(p.killAt) {
+			if s.down() >= (s.o.nodes-1)/2 && s.o.nodes > 1 {
+				p.killAt = now.Add(time.Second) // keep a quorum: try later
+				continue
+			}
+			p.cmd.Process.Signal(syscall.SIGKILL)
+			<-p.done
+			p.downAt = now
+			s.kills++
+			s.logf("node %d killed (SIGKILL)", i+1)
+		}
+	}
+}
+
+// stopAll stops every node: SIGTERM, then SIGKILL for a node still up
+// after 10s. It drains the events they send meanwhile.
+func (s *supervisor) stopAll() {
+	for _, p := range s.procs {
+		if p != nil && p.downAt.IsZero() {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	deadline := time.After(10 * time.Second)
+	var acks int
+	for _, p := range s.procs {
+		if p == nil {
+			continue
+		}
+		for waiting := true; waiting; {
+			select {
+			case <-p.done:
+				waiting = false
+			case ev := <-s.events:
+				s.handle(ev, &acks)
+			case <-deadline:
+				p.cmd.Process.Kill()
+			}
+		}
+	}
+	go func() { s.readers.Wait(); close(s.events) }()
+	for ev := range s.events {
+		s.handle(ev, &acks)
+	}
+	for _, f := range s.files {
+		f.Close()
+	}
+}
