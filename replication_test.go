@@ -53,3 +53,25 @@ func TestCluster_WriteOnFollower(t *testing.T) {
 	}
 	c.check("test.db", `SELECT id FROM t`, nil)
 }
+
+func TestCluster_SeveralDatabases(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	names := []string{"a.db", "b.db", "c.db"}
+	for k, name := range names {
+		db := c.db(l, name)
+		mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, db TEXT)`)
+		for i := range 20 + k {
+			mustExec(t, db, `INSERT INTO t VALUES (?, ?)`, i, name)
+		}
+	}
+	for k, name := range names {
+		c.check(name, `SELECT id FROM t`, nil)
+		var n int
+		var other int
+		c.db((l+1)%3, name).QueryRow(`SELECT count(*), count(*) FILTER (WHERE db != ?) FROM t`, name).Scan(&n, &other)
+		if n != 20+k || other != 0 {
+			t.Errorf("%s on a follower: %d rows, %d from another database", name, n, other)
+		}
+	}
+}
