@@ -279,3 +279,33 @@ func (x *Index) Find(pgno, maxFrame uint32) (uint32, error) {
 	}
 	return 0, nil
 }
+
+// Offsets in the checkpoint information after the two header copies.
+const (
+	readMarkOff        = backfillOff + 4 // five u32 reader marks
+	backfillAttemptOff = 128
+	readMarkNotUsed    = 0xffffffff
+	readers            = 5
+)
+
+// Restart publishes an empty WAL with new salts and clears the checkpoint
+// information, as SQLite's writer does before it reuses a WAL whose every
+// frame is in the database file. The caller must hold the write lock and
+// exclusive locks on reader slots 1 to 4 (no reader uses the WAL's frames).
+func (x *Index) Restart(h IndexHeader) error {
+	r, err := x.mem.Region(0)
+	if err != nil {
+		return err
+	}
+	h.MaxFrame = 0
+	if err := x.Publish(h); err != nil {
+		return err
+	}
+	atomic.StoreUint32((*uint32)(ptr(r, backfillOff)), 0)
+	native.PutUint32(r[backfillAttemptOff:], 0)
+	native.PutUint32(r[readMarkOff+4:], 0)
+	for i := 2; i < readers; i++ {
+		native.PutUint32(r[readMarkOff+4*i:], readMarkNotUsed)
+	}
+	return nil
+}

@@ -85,6 +85,21 @@ func (d *DB) beginAppend(pageSize uint32) (*appender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read wal-index: %w", err)
 	}
+	if hdr.MaxFrame > 0 {
+		// Every frame is in the database file and no reader uses the WAL:
+		// start it again from the top, as SQLite's writer would, so that a
+		// follower's WAL stays as short as the leader's.
+		back, err := x.Backfilled()
+		if err == nil && back == hdr.MaxFrame && d.shm.tryLock(readLock1, readLocksAfter) {
+			hdr.Salt = [2]uint32{hdr.Salt[0] + 1, randomSalt()}
+			err = x.Restart(hdr)
+			d.shm.unlock(readLock1, readLocksAfter)
+			if err != nil {
+				return nil, fmt.Errorf("restart wal: %w", err)
+			}
+			hdr.MaxFrame = 0
+		}
+	}
 	a := &appender{d: d, index: x, hdr: hdr, last: hdr.MaxFrame, max: hdr.MaxFrame}
 	if hdr.MaxFrame == 0 {
 		// Start a new WAL, as SQLite's writer does after a checkpoint

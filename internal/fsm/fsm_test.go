@@ -201,3 +201,66 @@ func TestSnapshot_RestoreOnLiveFollower(t *testing.T) {
 		}
 	}
 }
+
+func TestFollowerPath_RestartsCheckpointedWAL(t *testing.T) {
+	p := newPair(t)
+	d, c := p.open(t, "test.db", 4096)
+	exec(t, c, d, `CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)`)
+	for range 50 {
+		exec(t, c, d, `INSERT INTO t (v) VALUES (randomblob(500))`)
+	}
+	fd := p.follower.Database("test.db")
+	passive := func() {
+		fd.applyMu.Lock()
+		defer fd.applyMu.Unlock()
+		if _, _, err := fd.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_PASSIVE); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A reader holding a snapshot in the WAL keeps it from restarting, and keeps its snapshot.
+	r, err := sqlite3.Open(fd.URI(50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	count := func() (n int64) {
+		if err := queryInt(r, `SELECT count(*) FROM t`, &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if err := r.Exec(`BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 50 {
+		t.Fatalf("reader sees %d rows", n)
+	}
+	passive()
+	h, back, _ := fd.WALState()
+	if back != h.MaxFrame || h.MaxFrame < 50 {
+		t.Fatalf("passive checkpoint left %d of %d frames", back, h.MaxFrame)
+	}
+	exec(t, c, d, `INSERT INTO t (v) VALUES (x'01')`)
+	if h2, _, _ := fd.WALState(); h2.MaxFrame <= h.MaxFrame {
+		t.Fatalf("WAL restarted under a reader: %d frames, was %d", h2.MaxFrame, h.MaxFrame)
+	}
+	if n := count(); n != 50 {
+		t.Fatalf("reader's snapshot changed: %d rows", n)
+	}
+	r.Exec(`COMMIT`)
+
+	// Without readers, the next transaction restarts the fully checkpointed WAL.
+	passive()
+	exec(t, c, d, `INSERT INTO t (v) VALUES (x'02')`)
+	h3, _, _ := fd.WALState()
+	if h3.MaxFrame > 5 {
+		t.Fatalf("WAL did not restart: %d frames", h3.MaxFrame)
+	}
+	if n := count(); n != 52 {
+		t.Fatalf("after restart a new reader sees %d rows, want 52", n)
+	}
+	if got, want := dump(t, p.follower, "test.db"), dump(t, p.leader, "test.db"); got != want {
+		t.Fatal("follower differs after the WAL restart")
+	}
+	checkpointAndCompare(t, p, "test.db")
+}

@@ -66,3 +66,25 @@ func (s *shm) Close() error {
 	s.regions = nil
 	return s.f.Close()
 }
+
+// SQLite's wal-index locks are bytes of the -shm file from offset 120 on
+// (one per lock; reader slot i is lock 3+i), taken with open file
+// description locks by the binding: ours, on our own descriptor, conflict
+// with SQLite's.
+const (
+	shmLockBase    = 120
+	readLock1      = shmLockBase + 3 + 1
+	readLocksAfter = 4 // reader slots 1 to 4
+)
+
+// tryLock takes an exclusive lock on n lock bytes from start, or reports
+// false at once if another connection holds any of them.
+func (s *shm) tryLock(start, n int64) bool {
+	fl := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
+	return unix.FcntlFlock(s.f.Fd(), unix.F_OFD_SETLK, &fl) == nil
+}
+
+func (s *shm) unlock(start, n int64) {
+	fl := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: start, Len: n}
+	unix.FcntlFlock(s.f.Fd(), unix.F_OFD_SETLK, &fl)
+}
