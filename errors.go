@@ -34,6 +34,13 @@ var (
 	ErrNoDatabase = errs.ErrNoDatabase
 	// ErrDirInUse is returned when another node holds the data directory.
 	ErrDirInUse = errs.ErrDirInUse
+	// ErrNodeExists is returned by AddVoter when the ID or the address
+	// already belongs to another member.
+	ErrNodeExists = errs.ErrNodeExists
+	// ErrNoSuchNode is returned for a node ID that is not a member.
+	ErrNoSuchNode = errs.ErrNoSuchNode
+	// ErrLastVoter is returned by RemoveNode for the cluster's only voter.
+	ErrLastVoter = errs.ErrLastVoter
 )
 
 // NotLeaderError is the error returned on a node that is not the leader.

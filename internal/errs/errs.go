@@ -37,3 +37,10 @@ func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
 
 // ErrDirInUse is returned when another node holds the data directory.
 var ErrDirInUse = errors.New("dqlite: data directory is in use by another node")
+
+// Membership errors.
+var (
+	ErrNodeExists = errors.New("dqlite: a node with this ID or address is already a member")
+	ErrNoSuchNode = errors.New("dqlite: no such node in the cluster")
+	ErrLastVoter  = errors.New("dqlite: cannot remove the last voter")
+)
