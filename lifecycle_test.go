@@ -127,7 +127,7 @@ func TestNode_RemoveLastVoter(t *testing.T) {
 }
 
 func TestCluster_FollowerCatchesUpFromLog(t *testing.T) {
-	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1 << 20, 1 << 20 })
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1<<20, 1<<20 })
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)
 	f := (l + 1) % 3
@@ -145,7 +145,7 @@ func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes a 50 MB database")
 	}
-	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1 << 20, 10 })
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1<<20, 10 })
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)
 	f := (l + 1) % 3
