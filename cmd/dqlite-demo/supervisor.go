@@ -44,12 +44,13 @@ type supervisor struct {
 	events    chan event
 	readers   sync.WaitGroup
 
-	acked         map[rowKey]bool
-	errors        int
-	leader        int
-	leaderChanges int
-	kills         int
-	snapshots     int
+	acked          map[rowKey]bool
+	acksThisSecond int
+	errors         int
+	leader         int
+	leaderChanges  int
+	kills          int
+	snapshots      int
 }
 
 func newSupervisor(o options, out io.Writer) (*supervisor, error) {
@@ -171,6 +172,23 @@ func (s *supervisor) down() int {
 
 // run drives the demo and returns the exit code.
 func (s *supervisor) run(ctx context.Context) int {
+	if err := s.start(); err != nil {
+		s.logf("%v", err)
+		s.stopAll()
+		return 1
+	}
+	if !s.pump(ctx, s.o.duration, true) {
+		s.logf("interrupted: stopping the nodes; data directories are kept")
+		s.stopAll()
+		return 130
+	}
+	s.logf("%v elapsed: stopping the nodes", s.o.duration)
+	s.stopAll()
+	return s.verify()
+}
+
+// start prints where the data goes and starts every node.
+func (s *supervisor) start() error {
 	fmt.Fprintf(s.out, "dqlite-demo: %d nodes on 127.0.0.1, data in:\n", s.o.nodes)
 	for _, d := range s.dirs {
 		fmt.Fprintf(s.out, "  %s\n", d)
@@ -179,35 +197,56 @@ func (s *supervisor) run(ctx context.Context) int {
 	fmt.Fprintf(s.out, "watch them with: watch ls -l %s/ %s/snapshots/\n", pattern, pattern)
 	for i := range s.o.nodes {
 		if err := s.spawn(i, 0); err != nil {
-			s.logf("cannot start node %d: %v", i+1, err)
-			s.stopAll()
-			return 1
+			return fmt.Errorf("cannot start node %d: %w", i+1, err)
 		}
 		s.logf("node %d started (pid %d)", i+1, s.procs[i].cmd.Process.Pid)
 	}
-	end := time.After(s.o.duration)
+	return nil
+}
+
+// pump handles the nodes' events for d, printing the commit rate every
+// second and, with chaos, killing and restarting nodes. It reports false
+// if ctx ended first.
+func (s *supervisor) pump(ctx context.Context, d time.Duration, chaos bool) bool {
+	end := time.After(d)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	acks, total := 0, 0
 	for {
 		select {
 		case <-ctx.Done():
-			s.logf("interrupted: stopping the nodes; data directories are kept")
-			s.stopAll()
-			return 130
+			return false
 		case <-end:
-			s.logf("%v elapsed: stopping the nodes", s.o.duration)
-			s.stopAll()
-			return s.verify()
+			return true
 		case ev := <-s.events:
-			s.handle(ev, &acks)
+			s.handle(ev, &s.acksThisSecond)
 		case now := <-tick.C:
-			total += acks
-			s.logf("rows committed/s: %d (acknowledged so far: %d)", acks, total)
-			acks = 0
-			s.chaos(now)
+			s.logf("rows committed/s: %d (acknowledged so far: %d)", s.acksThisSecond, len(s.acked))
+			s.acksThisSecond = 0
+			if chaos {
+				s.chaos(now)
+			}
 		}
 	}
+}
+
+// kill stops node i with SIGKILL, wherever it is.
+func (s *supervisor) kill(i int) {
+	p := s.procs[i]
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	p.downAt = time.Now()
+	s.kills++
+	s.logf("node %d killed (SIGKILL)", i+1)
+}
+
+// restart starts node i again after a kill.
+func (s *supervisor) restart(i int) error {
+	run := s.procs[i].run + 1
+	if err := s.spawn(i, run); err != nil {
+		return fmt.Errorf("cannot restart node %d: %w", i+1, err)
+	}
+	s.logf("node %d restarted (run %d, pid %d)", i+1, run, s.procs[i].cmd.Process.Pid)
+	return nil
 }
 
 // chaos kills nodes whose time has come, keeping a quorum up, and
@@ -216,11 +255,9 @@ func (s *supervisor) chaos(now time.Time) {
 	for i, p := range s.procs {
 		if !p.downAt.IsZero() {
 			if now.Sub(p.downAt) >= s.o.pause {
-				if err := s.spawn(i, p.run+1); err != nil {
-					s.logf("cannot restart node %d: %v", i+1, err)
-					continue
+				if err := s.restart(i); err != nil {
+					s.logf("%v", err)
 				}
-				s.logf("node %d restarted (run %d, pid %d)", i+1, p.run+1, s.procs[i].cmd.Process.Pid)
 			}
 			continue
 		}
@@ -229,11 +266,7 @@ func (s *supervisor) chaos(now time.Time) {
 				p.killAt = now.Add(time.Second) // keep a quorum: try later
 				continue
 			}
-			p.cmd.Process.Signal(syscall.SIGKILL)
-			<-p.done
-			p.downAt = now
-			s.kills++
-			s.logf("node %d killed (SIGKILL)", i+1)
+			s.kill(i)
 		}
 	}
 }
