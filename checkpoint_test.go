@@ -1,0 +1,91 @@
+package dqlite
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// walBound is the most a WAL grows to under a continuous write load with
+// the default CheckpointFrames (1000): see Config.CheckpointFrames.
+func walBound(pageSize, frames int) int64 {
+	return int64(4*frames) * int64(pageSize+24)
+}
+
+func TestCluster_CheckpointsBoundWAL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("commits 50k transactions")
+	}
+	txs := 50000
+	if raceEnabled {
+		txs = 5000 // the race detector slows every commit tenfold
+	}
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	db := c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, r INT)`)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var maxWAL [3]atomic.Int64
+	var reads atomic.Int64
+	// Readers on every node keep snapshots open now and then; a sampler
+	// records each node's largest WAL file.
+	for i := range c.nodes {
+		rdb := c.db(i, "test.db")
+		path := c.nodes[i].fsm.Database("test.db").Path() + "-wal"
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var n int
+				if err := rdb.QueryRow(`SELECT count(*) FROM t`).Scan(&n); err == nil {
+					reads.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				if st, err := os.Stat(path); err == nil && st.Size() > maxWAL[i].Load() {
+					maxWAL[i].Store(st.Size())
+				}
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	o := newOutcome()
+	start := time.Now()
+	for id := int64(1); id <= int64(txs); id++ {
+		_, err := db.Exec(`INSERT INTO t VALUES (?, 'v', random())`, id)
+		if err != nil {
+			t.Fatalf("insert %d: %v", id, err)
+		}
+		o.record(id, err)
+	}
+	elapsed := time.Since(start)
+	close(stop)
+	wg.Wait()
+	bound := walBound(DefaultConfig().PageSize, DefaultConfig().CheckpointFrames)
+	for i := range c.nodes {
+		t.Logf("node %d: largest WAL %d bytes (bound %d)", i+1, maxWAL[i].Load(), bound)
+		if maxWAL[i].Load() > bound {
+			t.Errorf("node %d: WAL reached %d bytes, over the bound of %d", i+1, maxWAL[i].Load(), bound)
+		}
+	}
+	t.Logf("%d transactions in %v (%.0f tx/s), %d reads", txs, elapsed.Round(time.Millisecond), float64(txs)/elapsed.Seconds(), reads.Load())
+	c.check("test.db", `SELECT id FROM t`, o)
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package dqlite
+
+const raceEnabled = true
