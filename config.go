@@ -62,7 +62,8 @@ type Config struct {
 	// SnapshotThreshold, SnapshotInterval and TrailingLogs are Raft's:
 	// snapshot when this many entries were applied since the last one,
 	// checking every interval, and keep this many entries after it.
-	// Defaults 8192, 2m and 10240.
+	// Defaults 8192, 10s and 10240: a restart replays at most about
+	// SnapshotThreshold entries plus those of one interval.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
@@ -97,7 +98,7 @@ func DefaultConfig() Config {
 		ElectionTimeout:    time.Second,
 		LeaderLeaseTimeout: 500 * time.Millisecond,
 		SnapshotThreshold:  8192,
-		SnapshotInterval:   2 * time.Minute,
+		SnapshotInterval:   10 * time.Second,
 		TrailingLogs:       10240,
 		Logger:             slog.New(slog.DiscardHandler),
 	}

@@ -373,6 +373,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	n.unregister()
 	close(n.done)
+	n.fsm.Stop()
 	err := n.raft.Shutdown().Error()
 	n.wg.Wait()
 	n.trans.CloseStreams()

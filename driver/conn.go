@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,8 +31,9 @@ type conn struct {
 	raw     *sqlite3.Conn
 	untrack func()
 
-	doomed error // the transaction was rolled back under the application
-	closed error // the node closed this connection
+	doomed error              // the transaction was rolled back under the application
+	rows   map[*rows]struct{} // open result sets
+	closed error              // the node closed this connection
 	inTx   bool
 	roTx   bool // the transaction was begun read-only
 }
@@ -78,9 +80,19 @@ func (c *conn) Abort(cause error, closing bool) {
 	if c.closed != nil {
 		return
 	}
-	if c.inTx && c.raw.TxnState("main") == sqlite3.TXN_WRITE {
-		c.raw.Exec(`ROLLBACK`)
-		c.doomed = cause
+	// A write transaction, or an autocommit statement still stepping
+	// (INSERT … RETURNING), holds the write lock: give it back.
+	if c.raw.TxnState("main") == sqlite3.TXN_WRITE {
+		if c.inTx {
+			c.raw.Exec(`ROLLBACK`)
+			c.doomed = cause
+		} else {
+			// An autocommit statement is ending: resetting it ends its
+			// transaction (whose commit then fails on a non-leader).
+			for r := range c.rows {
+				r.abort(cause)
+			}
+		}
 	}
 	if closing {
 		c.closed = errs.ErrClosed
@@ -124,6 +136,22 @@ func (c *conn) checkWrite() error {
 	return c.backend.CheckLeader()
 }
 
+// guardWriteLock runs after a statement: a connection may hold SQLite's
+// write lock only on the ready leader (on a follower the lock belongs to
+// the FSM). It catches what the check before the statement cannot see,
+// such as a BEGIN IMMEDIATE hidden behind a comment.
+func (c *conn) guardWriteLock() error {
+	if c.raw.TxnState("main") != sqlite3.TXN_WRITE {
+		return nil
+	}
+	if err := c.checkWrite(); err != nil {
+		c.raw.Exec(`ROLLBACK`)
+		c.trackTx()
+		return err
+	}
+	return nil
+}
+
 // committed runs after a statement that may have committed a write.
 func (c *conn) committed() {
 	if !c.inTx {
@@ -163,6 +191,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if len(args) != 0 {
 		return nil, driver.ErrSkip
 	}
+	if c.endDoomedByText(query) {
+		return result{}, nil
+	}
 	if err := c.enter(); err != nil {
 		return nil, err
 	}
@@ -191,6 +222,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		c.trackTx()
 		if err != nil {
 			return nil, c.mapErr(err)
+		}
+		if err := c.guardWriteLock(); err != nil {
+			return nil, err
 		}
 		changes += c.raw.Changes()
 		tail = rest
@@ -286,6 +320,23 @@ func (t tx) Rollback() error {
 	return err
 }
 
+// endDoomedByText lets a ROLLBACK written as SQL end a transaction that
+// was already rolled back under the application.
+func (c *conn) endDoomedByText(query string) bool {
+	f := strings.Fields(strings.ToUpper(strings.TrimRight(strings.TrimSpace(query), ";")))
+	if len(f) == 0 || f[0] != "ROLLBACK" || slices.Contains(f, "TO") {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.doomed == nil {
+		return false
+	}
+	c.doomed = nil
+	c.inTx, c.roTx = false, false
+	return true
+}
+
 // endDoomed ends a transaction that was rolled back under the application.
 func (c *conn) endDoomed() error {
 	if c.closed != nil {
@@ -310,11 +361,19 @@ func (c *conn) Close() error {
 	return c.inner.Close()
 }
 
-// ResetSession implements driver.SessionResetter.
+// ResetSession implements driver.SessionResetter. A transaction rolled
+// back under the application is over once the connection goes back to
+// the pool.
 func (c *conn) ResetSession(ctx context.Context) error {
 	if !c.IsValid() {
 		return driver.ErrBadConn
 	}
+	c.mu.Lock()
+	if c.doomed != nil {
+		c.doomed = nil
+		c.inTx, c.roTx = false, false
+	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -406,6 +465,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if err != nil {
 		return nil, c.mapErr(err)
 	}
+	if err := c.guardWriteLock(); err != nil {
+		return nil, err
+	}
 	if !s.readOnly {
 		c.committed()
 	}
@@ -421,20 +483,36 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, s.c.mapErr(err)
 	}
-	return &rows{Rows: r, s: s}, nil
+	rs := &rows{Rows: r, s: s}
+	if s.c.rows == nil {
+		s.c.rows = map[*rows]struct{}{}
+	}
+	s.c.rows[rs] = struct{}{}
+	return rs, nil
 }
 
 // rows maps errors of statements that write while they are stepped
 // (INSERT … RETURNING) and settles the database when they close.
 type rows struct {
 	driver.Rows
-	s *stmt
+	s       *stmt
+	aborted error // closed under the application, with this cause
+}
+
+// abort closes the result set under the application. c.mu is held.
+func (r *rows) abort(cause error) {
+	r.Rows.Close()
+	r.aborted = cause
+	delete(r.s.c.rows, r)
 }
 
 func (r *rows) Next(dest []driver.Value) error {
 	c := r.s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if r.aborted != nil {
+		return r.aborted
+	}
 	err := r.Rows.Next(dest)
 	if err != nil && !errors.Is(err, errEOF) {
 		return c.mapErr(err)
@@ -446,6 +524,10 @@ func (r *rows) Close() error {
 	c := r.s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if r.aborted != nil {
+		return nil
+	}
+	delete(c.rows, r)
 	err := r.Rows.Close()
 	c.db.Settle(c.id)
 	c.trackTx()

@@ -8,6 +8,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/vfs"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -19,6 +20,9 @@ import (
 func (d *DB) lockWrite() error {
 	start := time.Now()
 	for {
+		if d.opts.stopping.Load() {
+			return errs.ErrClosed
+		}
 		err := d.apply.Exec(`BEGIN IMMEDIATE`)
 		if err == nil {
 			return nil

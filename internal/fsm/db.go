@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
@@ -32,7 +33,8 @@ type Options struct {
 	Logger           *slog.Logger
 	Propose          Proposer
 
-	afterCommit func() // test hook: see FSM.SetAfterCommit
+	afterCommit func()       // test hook: see FSM.SetAfterCommit
+	stopping    *atomic.Bool // set by FSM.Stop
 }
 
 type txState int
@@ -46,9 +48,10 @@ const (
 // pendingTx is the local write transaction being replicated. There is at
 // most one per database: its connection holds SQLite's write lock.
 type pendingTx struct {
-	id    uint64
-	conn  uint64
-	state txState
+	id     uint64
+	conn   uint64
+	state  txState
+	change uint32 // wal-index change counter when the FSM marked it committed
 }
 
 // DB is one replicated database on one node.
@@ -58,7 +61,6 @@ type DB struct {
 	opts *Options
 
 	mu      sync.Mutex
-	settled *sync.Cond       // signalled when pending goes away
 	pending *pendingTx       // local transaction in flight, if any
 	errs    map[uint64]error // the real cause of a failed commit, per connection
 	nextTx  uint64
@@ -97,7 +99,6 @@ func (d *DB) PageSize() uint32 { return d.pageSize }
 func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error) {
 	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize,
 		nextTx: uint64(time.Now().UnixNano())}
-	d.settled = sync.NewCond(&d.mu)
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
 	if err != nil {
 		return nil, err
@@ -183,6 +184,11 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 		d.setErr(conn, err)
 		return err
 	}
+	if d.pending != nil {
+		// This connection holds the write lock, so whichever transaction
+		// was pending before has been published (or rolled back) by now.
+		d.pending = nil
+	}
 	d.nextTx++
 	p := &pendingTx{id: d.nextTx, conn: conn}
 	d.pending = p
@@ -214,7 +220,6 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	}
 	p.state = aborted
 	d.pending = nil
-	d.settled.Broadcast()
 	d.errs[conn] = err
 	return err
 }
@@ -222,6 +227,9 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 // Diverged implements vfs.Committer: the node stops serving the database.
 func (d *DB) Diverged(err error) {
 	d.fail(fmt.Errorf("commit frame not written after Raft committed: %w", err))
+	d.mu.Lock()
+	d.pending = nil
+	d.mu.Unlock()
 }
 
 func (d *DB) setErr(conn uint64, err error) {
@@ -247,7 +255,6 @@ func (d *DB) Settle(conn uint64) {
 	d.mu.Lock()
 	if d.pending != nil && d.pending.conn == conn && d.pending.state == committed {
 		d.pending = nil
-		d.settled.Broadcast()
 	}
 	d.mu.Unlock()
 }
@@ -279,16 +286,27 @@ func (d *DB) claim(f *command.Frames) bool {
 		return false
 	}
 	p.state = committed
+	if h, err := wal.NewIndex(d.shm).Header(); err == nil {
+		p.change = h.Change
+	}
 	return true
 }
 
-// waitSettled blocks until no committed transaction waits to be published.
+// waitSettled blocks until no committed transaction waits to be published:
+// until the driver settles it, or the wal-index change counter moves (only
+// that transaction's connection, which holds the write lock, can move it).
 func (d *DB) waitSettled() {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	for d.pending != nil && d.pending.state == committed {
-		d.settled.Wait()
+		if h, err := wal.NewIndex(d.shm).Header(); err == nil && h.Change != d.pending.change {
+			d.pending = nil
+			return
+		}
+		d.mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+		d.mu.Lock()
 	}
-	d.mu.Unlock()
 }
 
 // randomSalt returns a fresh WAL salt.

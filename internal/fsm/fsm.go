@@ -30,8 +30,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
+	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
@@ -59,6 +61,7 @@ func New(dir string, opts Options) (*FSM, error) {
 	if err := removeDatabases(dir); err != nil {
 		return nil, err
 	}
+	opts.stopping = new(atomic.Bool)
 	return &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, changed: make(chan struct{})}, nil
 }
 
@@ -136,6 +139,10 @@ func (f *FSM) Wait(ctx context.Context, name string) (*DB, error) {
 		}
 	}
 }
+
+// Stop makes an apply that waits for the write lock give up: call it
+// before shutting Raft down, which waits for the apply in progress.
+func (f *FSM) Stop() { f.opts.stopping.Store(true) }
 
 // Close closes every database.
 func (f *FSM) Close() error {
@@ -223,7 +230,8 @@ const snapshotMagic = "dqlite snapshot 1\n"
 // dbSnapshot is the state of one database at the snapshot's index.
 type dbSnapshot struct {
 	d        *DB
-	maxFrame uint32 // frames of the WAL to read (0: the file alone is current)
+	reader   *sqlite3.Conn // holds a read transaction on that state
+	maxFrame uint32        // frames of the WAL to read (0: the file alone is current)
 	pages    uint32
 }
 
@@ -231,32 +239,78 @@ type snapshot struct {
 	dbs []dbSnapshot
 }
 
-// Snapshot notes, for each database, the last committed WAL frame and
-// blocks checkpoints; Persist then streams the pages. It is quick: no I/O
-// but the wal-index header.
+// Snapshot pins, for each database, the state at the last applied entry:
+// it opens a read transaction there (so that no checkpoint, ours or the
+// application's, can change the pages it will read, and the WAL cannot
+// restart under it), notes the last committed frame and blocks our own
+// checkpoints. Persist then streams the pages. It is quick: no I/O but
+// opening a connection and reading the wal-index header.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	s := &snapshot{}
 	for _, d := range f.Databases() {
 		d.waitSettled()
 		d.ckptMu.RLock()
-		x := wal.NewIndex(d.shm)
-		hdr, err := x.Header()
-		if err == nil {
-			var back uint32
-			back, err = x.Backfilled()
-			ds := dbSnapshot{d: d, maxFrame: hdr.MaxFrame, pages: hdr.DBSize}
-			if back >= hdr.MaxFrame {
-				ds.maxFrame = 0 // all in the file; the WAL may restart
-			}
-			s.dbs = append(s.dbs, ds)
-		}
+		ds, err := d.pin()
 		if err != nil {
 			d.ckptMu.RUnlock()
 			s.Release()
 			return nil, fmt.Errorf("snapshot %s: %w", d.Name, err)
 		}
+		s.dbs = append(s.dbs, ds)
 	}
 	return s, nil
+}
+
+// pin opens a read transaction on the database's current state and
+// describes that state.
+func (d *DB) pin() (ds dbSnapshot, err error) {
+	ds.d = d
+	ds.reader, err = sqlite3.Open(d.URI(0))
+	if err != nil {
+		return ds, err
+	}
+	var n int64
+	if err = ds.reader.Exec(`BEGIN`); err == nil {
+		err = queryInt(ds.reader, `SELECT count(*) FROM sqlite_schema`, &n)
+	}
+	if err != nil {
+		ds.reader.Close()
+		return ds, err
+	}
+	// nBackfill first: once every frame is in the file, the WAL may
+	// restart (and the header change) at any moment, but the file stays.
+	x := wal.NewIndex(d.shm)
+	back, err := x.Backfilled()
+	var hdr wal.IndexHeader
+	if err == nil {
+		hdr, err = x.Header()
+	}
+	if err != nil {
+		ds.reader.Close()
+		return ds, err
+	}
+	ds.maxFrame, ds.pages = hdr.MaxFrame, hdr.DBSize
+	if back >= hdr.MaxFrame {
+		ds.maxFrame = 0
+	}
+	if ds.pages == 0 {
+		// SQLite's "use the file's size", after recovering an empty WAL.
+		st, err := os.Stat(d.path)
+		if err != nil {
+			ds.reader.Close()
+			return ds, err
+		}
+		ds.pages = uint32(st.Size() / int64(d.pageSize))
+	}
+	return ds, nil
+}
+
+func (ds *dbSnapshot) release() {
+	if ds.d != nil {
+		ds.reader.Close()
+		ds.d.ckptMu.RUnlock()
+		ds.d = nil
+	}
 }
 
 // Persist writes every database page by page: memory O(page size).
@@ -297,8 +351,7 @@ func (s *snapshot) write(w io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("snapshot %s: %w", d.Name, err)
 		}
-		d.ckptMu.RUnlock()
-		ds.d = nil
+		ds.release()
 	}
 	_, err := w.Write([]byte{0})
 	return err
@@ -332,10 +385,7 @@ func (ds *dbSnapshot) writePages(w io.Writer, dbf *os.File) error {
 // Release unblocks the checkpoints of databases not yet persisted.
 func (s *snapshot) Release() {
 	for i := range s.dbs {
-		if s.dbs[i].d != nil {
-			s.dbs[i].d.ckptMu.RUnlock()
-			s.dbs[i].d = nil
-		}
+		s.dbs[i].release()
 	}
 }
 
@@ -367,12 +417,15 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		name := string(head[:n])
 		pageSize := binary.BigEndian.Uint32(head[n:])
 		pages := binary.BigEndian.Uint32(head[n+4:])
-		if !wal.ValidPageSize(int(pageSize)) || pages == 0 {
+		if !wal.ValidPageSize(int(pageSize)) {
 			return fmt.Errorf("restore %s: page size %d, %d pages", name, pageSize, pages)
 		}
 		d, err := f.open(name, pageSize)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", name, err)
+		}
+		if pages == 0 {
+			continue // created, never written
 		}
 		if err := d.restore(r, pages); err != nil {
 			d.fail(err)

@@ -70,9 +70,10 @@ type Committer interface {
 }
 
 type frame struct {
-	pgno   uint32
-	dbSize uint32
-	data   []byte
+	pgno    uint32
+	dbSize  uint32
+	data    []byte // nil once the transaction passed its size limit
+	counted bool   // its page is counted in walState.size
 }
 
 // walState is shared by every connection to one WAL file.
@@ -83,6 +84,7 @@ type walState struct {
 	pageSize   int
 	lastCommit uint32            // frame number of the last commit frame
 	frames     map[uint32]*frame // frames after lastCommit
+	maxFrame   uint32            // highest frame number in frames
 	size       int64             // bytes held in frames
 	overflow   bool
 	held       []byte // header of the commit frame, held back
@@ -95,8 +97,25 @@ func (s *walState) reset(pageSize int) {
 	s.dropTx()
 }
 
+// dropFrom forgets the frames numbered n and above.
+func (s *walState) dropFrom(n uint32) {
+	if n > s.maxFrame {
+		return // appending: the common case costs nothing
+	}
+	for i, fr := range s.frames {
+		if i >= n {
+			if fr.counted {
+				s.size -= int64(s.pageSize)
+			}
+			delete(s.frames, i)
+		}
+	}
+	s.maxFrame = n - 1
+}
+
 func (s *walState) dropTx() {
 	clear(s.frames)
+	s.maxFrame = 0
 	s.size = 0
 	s.overflow = false
 	s.held = nil
@@ -247,12 +266,21 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	switch {
 	case within == 0 && len(p) == wal.FrameHeaderSize:
+		// SQLite writes a frame header only to append a frame (an in-place
+		// overwrite writes the page alone). So frames from n on are stale:
+		// left by a rolled-back transaction, or by a savepoint rollback.
+		if n == s.lastCommit+1 {
+			s.dropTx()
+		} else {
+			s.dropFrom(n)
+		}
 		fh, _ := wal.DecodeFrameHeader(p)
 		fr := s.frames[n]
 		if fr == nil {
 			fr = &frame{}
 			s.frames[n] = fr
 		}
+		s.maxFrame = max(s.maxFrame, n)
 		fr.pgno, fr.dbSize = fh.PageNo, fh.DBSize
 		if fh.Commit() {
 			s.held = append(s.held[:0], p...)
@@ -266,7 +294,8 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 		if fr == nil {
 			return 0, sqlite3.IOERR_WRITE // page data before its header
 		}
-		if fr.data == nil {
+		if !fr.counted {
+			fr.counted = true
 			s.size += int64(len(p))
 		}
 		if s.size > s.limit && s.limit > 0 {
@@ -314,7 +343,12 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 			tx.Pages = append(tx.Pages, command.Page{No: fr.pgno, Data: fr.data})
 		}
 	}
+	// Raft runs without the state's mutex: the FSM may need to open the
+	// WAL meanwhile (a snapshot does). Nothing else can touch this WAL's
+	// state: this connection holds SQLite's write lock.
+	s.mu.Unlock()
 	err := s.committer.Commit(w.conn, tx)
+	s.mu.Lock()
 	if err != nil {
 		s.dropTx()
 		return 0, sqlite3.IOERR_WRITE
