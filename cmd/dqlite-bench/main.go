@@ -1,0 +1,221 @@
+// Command dqlite-bench measures this project beside plain SQLite, dqlite
+// and rqlite, in one run, with the same schema and keys for every system.
+//
+//	go run ./cmd/dqlite-bench [-duration 5s] [-workloads insert/1,insert/8,batch/1,read/1,read/8]
+//	                          [-systems dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3] [-json]
+//
+// Workloads: insert (1-row INSERT transactions), batch (100-row
+// transactions), read (point SELECT by primary key over 10k rows), each
+// with N concurrent clients. Peers are used when their programs are on
+// PATH (rqlited; dqlite-demo of go-dqlite v1.11); a missing peer is
+// skipped with a line saying how to install it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == nodeFlag {
+		os.Exit(runNode(os.Args[2:]))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(mainErr(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// report is the -json output.
+type report struct {
+	Systems []systemReport `json:"systems"`
+	Skipped []string       `json:"skipped,omitempty"`
+}
+
+type systemReport struct {
+	Name       string   `json:"name"`
+	Durability string   `json:"durability"`
+	Results    []Result `json:"results"`
+	Err        string   `json:"error,omitempty"`
+}
+
+func parseWorkloads(s string, d time.Duration) ([]Workload, error) {
+	var ws []Workload
+	for _, f := range strings.Split(s, ",") {
+		kind, clients, ok := strings.Cut(strings.TrimSpace(f), "/")
+		n, err := strconv.Atoi(clients)
+		if !ok || err != nil || n < 1 || (kind != "insert" && kind != "batch" && kind != "read") {
+			return nil, fmt.Errorf("workload %q: want insert/N, batch/N or read/N", f)
+		}
+		ws = append(ws, Workload{Kind: kind, Clients: n, Duration: d})
+	}
+	return ws, nil
+}
+
+func allSystems(nodes int) []System {
+	return []System{
+		&thisProject{nodes: nodes},
+		&clientSystem{opsStarter: &localSQLite{sync: "full"}},
+		&clientSystem{opsStarter: &localSQLite{sync: "normal"}},
+		&clientSystem{opsStarter: &dqlitePeer{nodes: nodes}},
+		&clientSystem{opsStarter: &rqlite{nodes: nodes}},
+	}
+}
+
+func isPeer(name string) bool { return name == "dqlite" || name == "rqlite" }
+
+func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dqlite-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	duration := fs.Duration("duration", 5*time.Second, "how long each workload runs")
+	workloads := fs.String("workloads", "insert/1,insert/8,batch/1,read/1,read/8", "workloads to run, kind/clients")
+	systems := fs.String("systems", "dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite", "systems to measure")
+	nodes := fs.Int("nodes", 3, "nodes per replicated system")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	dir := fs.String("dir", "", "where data goes (default: a temporary directory, removed afterwards)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ws, err := parseWorkloads(*workloads, *duration)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if *nodes < 1 || *duration <= 0 {
+		fmt.Fprintln(stderr, "-nodes and -duration must be positive")
+		return 2
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(*systems, ",") {
+		want[strings.TrimSpace(s)] = true
+	}
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "dqlite-bench-")
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+
+	var rep report
+	for _, sys := range allSystems(*nodes) {
+		if !want[sys.Name()] {
+			continue
+		}
+		sr := systemReport{Name: sys.Name(), Durability: sys.Durability()}
+		fmt.Fprintf(stderr, "%s: starting\n", sys.Name())
+		sdir, _ := os.MkdirTemp(*dir, sys.Name()+"-")
+		if err := sys.Start(ctx, sdir); err != nil {
+			sys.Stop()
+			if isPeer(sys.Name()) && errors.Is(err, errNotInstalled) {
+				fmt.Fprintf(stderr, "skipping %s: %v\n", sys.Name(), err)
+				rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", sys.Name(), err))
+				continue
+			}
+			sr.Err = err.Error()
+			fmt.Fprintf(stderr, "%s: %v\n", sys.Name(), err)
+			rep.Systems = append(rep.Systems, sr)
+			continue
+		}
+		for _, w := range ws {
+			if ctx.Err() != nil {
+				break
+			}
+			fmt.Fprintf(stderr, "%s: %s for %v...\n", sys.Name(), w, w.Duration)
+			r, err := sys.Run(ctx, w)
+			if err != nil {
+				sr.Err = err.Error()
+				fmt.Fprintf(stderr, "%s: %s: %v\n", sys.Name(), w, err)
+				break
+			}
+			fmt.Fprintf(stderr, "%s: %s: %.0f ops/s, p50 %.2fms, p99 %.2fms, %d errors, %d retries\n",
+				sys.Name(), w, r.OpsPerS, r.P50Ms, r.P99Ms, r.Errors, r.Retries)
+			sr.Results = append(sr.Results, r)
+		}
+		if err := sys.Stop(); err != nil {
+			fmt.Fprintf(stderr, "%s: stop: %v\n", sys.Name(), err)
+		}
+		rep.Systems = append(rep.Systems, sr)
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "interrupted")
+			return 130
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	} else {
+		printTable(stdout, rep, ws)
+	}
+	return 0
+}
+
+// printTable shows the systems side by side, then this project's ratio to
+// the best peer measured in the same run.
+func printTable(w io.Writer, rep report, ws []Workload) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := "workload\t"
+	for _, s := range rep.Systems {
+		header += s.Name + "\t"
+	}
+	header += "dqlite-go / best peer\t"
+	fmt.Fprintln(tw, header)
+	for i, wl := range ws {
+		line := wl.String() + "\t"
+		var ours, bestPeer float64
+		for _, s := range rep.Systems {
+			if i >= len(s.Results) {
+				line += "-\t"
+				continue
+			}
+			r := s.Results[i]
+			v := r.OpsPerS
+			unit := "tx/s"
+			if wl.Kind == "batch" {
+				v, unit = r.RowsPerS, "rows/s"
+			} else if wl.Kind == "read" {
+				unit = "reads/s"
+			}
+			line += fmt.Sprintf("%.0f %s (p50 %.2f p99 %.2f ms", v, unit, r.P50Ms, r.P99Ms)
+			if r.Errors > 0 || r.Retries > 0 {
+				line += fmt.Sprintf(", %d err, %d retries", r.Errors, r.Retries)
+			}
+			line += ")\t"
+			if s.Name == "dqlite-go" {
+				ours = v
+			}
+			if isPeer(s.Name) && v > bestPeer {
+				bestPeer = v
+			}
+		}
+		if ours > 0 && bestPeer > 0 {
+			line += fmt.Sprintf("%.2fx\t", ours/bestPeer)
+		} else {
+			line += "-\t"
+		}
+		fmt.Fprintln(tw, line)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, s := range rep.Systems {
+		fmt.Fprintf(w, "%s: %s\n", s.Name, s.Durability)
+		if s.Err != "" {
+			fmt.Fprintf(w, "  error: %s\n", s.Err)
+		}
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(w, "skipped %s\n", s)
+	}
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+const schema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)`
+
+const value = "a short row of text, the same for every system"
+
+// sqlOps runs the workloads through database/sql. retry says which errors
+// mean "try again" for this system.
+func sqlOps(db *sql.DB, retry func(error) bool) Ops {
+	wrap := func(err error) error {
+		if err != nil && retry(err) {
+			return fmt.Errorf("%w: %v", errRetry, err)
+		}
+		return err
+	}
+	insert := func(ctx context.Context, ids []int64) error {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return wrap(err)
+		}
+		defer tx.Rollback()
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO bench (id, v) VALUES (?, ?)`, id, value); err != nil {
+				return wrap(err)
+			}
+		}
+		return wrap(tx.Commit())
+	}
+	return Ops{
+		Insert: func(ctx context.Context, id int64) error { return insert(ctx, []int64{id}) },
+		Batch:  insert,
+		Read: func(ctx context.Context, id int64) error {
+			var v string
+			return wrap(db.QueryRowContext(ctx, `SELECT v FROM bench WHERE id = ?`, id).Scan(&v))
+		},
+	}
+}
