@@ -217,4 +217,3 @@ func (r *rqlite) Stop() error {
 	}
 	return nil
 }
-
