@@ -24,6 +24,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
 )
 
 func main() {
@@ -42,21 +44,21 @@ type report struct {
 }
 
 type systemReport struct {
-	Name       string   `json:"name"`
-	Durability string   `json:"durability"`
-	Results    []Result `json:"results"`
-	Err        string   `json:"error,omitempty"`
+	Name       string            `json:"name"`
+	Durability string            `json:"durability"`
+	Results    []workload.Result `json:"results"`
+	Err        string            `json:"error,omitempty"`
 }
 
-func parseWorkloads(s string, d time.Duration) ([]Workload, error) {
-	var ws []Workload
+func parseWorkloads(s string, d time.Duration) ([]workload.Workload, error) {
+	var ws []workload.Workload
 	for _, f := range strings.Split(s, ",") {
 		kind, clients, ok := strings.Cut(strings.TrimSpace(f), "/")
 		n, err := strconv.Atoi(clients)
 		if !ok || err != nil || n < 1 || (kind != "insert" && kind != "batch" && kind != "read") {
 			return nil, fmt.Errorf("workload %q: want insert/N, batch/N or read/N", f)
 		}
-		ws = append(ws, Workload{Kind: kind, Clients: n, Duration: d})
+		ws = append(ws, workload.Workload{Kind: kind, Clients: n, Duration: d})
 	}
 	return ws, nil
 }
@@ -66,7 +68,7 @@ func allSystems(nodes int) []System {
 		&thisProject{nodes: nodes},
 		&clientSystem{opsStarter: &localSQLite{sync: "full"}},
 		&clientSystem{opsStarter: &localSQLite{sync: "normal"}},
-		&clientSystem{opsStarter: &dqlitePeer{nodes: nodes}},
+		&dqlitePeer{nodes: nodes},
 		&clientSystem{opsStarter: &rqlite{nodes: nodes}},
 	}
 }
@@ -164,7 +166,7 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // printTable shows the systems side by side, then this project's ratio to
 // the best peer measured in the same run.
-func printTable(w io.Writer, rep report, ws []Workload) {
+func printTable(w io.Writer, rep report, ws []workload.Workload) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := "workload\t"
 	for _, s := range rep.Systems {

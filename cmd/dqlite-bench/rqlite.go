@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
 )
 
 // rqlite is a 3-node rqlite v8 cluster (rqlited on PATH), driven over its
@@ -54,14 +56,14 @@ func freePorts(n int) ([]string, error) {
 	return addrs, nil
 }
 
-func (r *rqlite) Start(ctx context.Context, dir string) (Ops, error) {
+func (r *rqlite) Start(ctx context.Context, dir string) (workload.Ops, error) {
 	bin, err := exec.LookPath("rqlited")
 	if err != nil {
-		return Ops{}, fmt.Errorf("%w: %s", errNotInstalled, rqliteInstall)
+		return workload.Ops{}, fmt.Errorf("%w: %s", errNotInstalled, rqliteInstall)
 	}
 	ports, err := freePorts(2 * r.nodes)
 	if err != nil {
-		return Ops{}, err
+		return workload.Ops{}, err
 	}
 	r.http, r.raft = ports[:r.nodes], ports[r.nodes:]
 	r.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -70,24 +72,24 @@ func (r *rqlite) Start(ctx context.Context, dir string) (Ops, error) {
 			"-bootstrap-expect", fmt.Sprint(r.nodes), "-join", strings.Join(r.raft, ","), filepath.Join(dir, fmt.Sprint("rqlite", i+1)))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
-			return Ops{}, err
+			return workload.Ops{}, err
 		}
 		r.procs = append(r.procs, cmd)
 	}
 	if err := r.findLeader(ctx); err != nil {
-		return Ops{}, err
+		return workload.Ops{}, err
 	}
-	if err := r.execute(ctx, false, [][]any{{schema}}); err != nil {
-		return Ops{}, err
+	if err := r.execute(ctx, false, [][]any{{workload.Schema}}); err != nil {
+		return workload.Ops{}, err
 	}
-	return Ops{
+	return workload.Ops{
 		Insert: func(ctx context.Context, id int64) error {
-			return r.execute(ctx, false, [][]any{{`INSERT INTO bench (id, v) VALUES (?, ?)`, id, value}})
+			return r.execute(ctx, false, [][]any{{`INSERT INTO bench (id, v) VALUES (?, ?)`, id, workload.Value}})
 		},
 		Batch: func(ctx context.Context, ids []int64) error {
 			stmts := make([][]any, len(ids))
 			for i, id := range ids {
-				stmts[i] = []any{`INSERT INTO bench (id, v) VALUES (?, ?)`, id, value}
+				stmts[i] = []any{`INSERT INTO bench (id, v) VALUES (?, ?)`, id, workload.Value}
 			}
 			return r.execute(ctx, true, stmts)
 		},
@@ -194,7 +196,7 @@ func (r *rqlite) post(ctx context.Context, path string, body any, out any) error
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		err := fmt.Errorf("rqlite %s: %s: %s", path, resp.Status, msg)
 		if resp.StatusCode == http.StatusServiceUnavailable {
-			err = fmt.Errorf("%w: %v", errRetry, err)
+			err = fmt.Errorf("%w: %v", workload.ErrRetry, err)
 		}
 		return err
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 	_ "github.com/ncruces/go-sqlite3/driver"
+
+	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
 )
 
 // localSQLite is plain SQLite in WAL mode through the same binding: the
@@ -26,17 +28,17 @@ func (s *localSQLite) Durability() string {
 	return "one machine; WAL not fsynced per commit (a power loss may drop the last commits)"
 }
 
-func (s *localSQLite) Start(ctx context.Context, dir string) (Ops, error) {
+func (s *localSQLite) Start(ctx context.Context, dir string) (workload.Ops, error) {
 	db, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "bench.db")+
 		"?_pragma=journal_mode(wal)&_pragma=synchronous("+s.sync+")&_pragma=busy_timeout(10000)")
 	if err != nil {
-		return Ops{}, err
+		return workload.Ops{}, err
 	}
 	s.db = db
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return Ops{}, err
+	if _, err := db.ExecContext(ctx, workload.Schema); err != nil {
+		return workload.Ops{}, err
 	}
-	return sqlOps(db, func(err error) bool { return errors.Is(err, sqlite3.BUSY) }), nil
+	return workload.SQLOps(db, func(err error) bool { return errors.Is(err, sqlite3.BUSY) }), nil
 }
 
 func (s *localSQLite) Stop() error { return s.db.Close() }

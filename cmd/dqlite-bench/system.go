@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"sync/atomic"
+
+	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
 )
 
 // System is one database system under measurement.
@@ -12,7 +14,7 @@ type System interface {
 	// Start runs the system with its files under dir, creates the schema
 	// and the rows the read workload needs.
 	Start(ctx context.Context, dir string) error
-	Run(ctx context.Context, w Workload) (Result, error)
+	Run(ctx context.Context, w workload.Workload) (workload.Result, error)
 	Stop() error
 }
 
@@ -21,14 +23,14 @@ type System interface {
 type opsStarter interface {
 	Name() string
 	Durability() string
-	Start(ctx context.Context, dir string) (Ops, error)
+	Start(ctx context.Context, dir string) (workload.Ops, error)
 	Stop() error
 }
 
 // clientSystem measures an opsStarter from this process.
 type clientSystem struct {
 	opsStarter
-	ops    Ops
+	ops    workload.Ops
 	nextID atomic.Int64
 }
 
@@ -38,9 +40,9 @@ func (c *clientSystem) Start(ctx context.Context, dir string) error {
 		return err
 	}
 	c.ops = ops
-	return prefill(ctx, ops, &c.nextID)
+	return workload.Prefill(ctx, ops, &c.nextID)
 }
 
-func (c *clientSystem) Run(ctx context.Context, w Workload) (Result, error) {
-	return run(ctx, w, c.ops, &c.nextID), nil
+func (c *clientSystem) Run(ctx context.Context, w workload.Workload) (workload.Result, error) {
+	return workload.Run(ctx, w, c.ops, &c.nextID), nil
 }

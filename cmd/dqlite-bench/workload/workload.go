@@ -1,9 +1,16 @@
-package main
+// Package workload is the benchmark's measurement: workloads, the runner
+// and its results, and the database/sql operations. It imports no SQLite
+// binding, so that a peer's client program, built in its own module, can
+// use it beside that peer's driver.
+package workload
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -24,14 +31,14 @@ func (w Workload) String() string { return fmt.Sprintf("%s/%d", w.Kind, w.Client
 // rowsPerOp is how many rows one operation of a workload writes or reads.
 func (w Workload) rowsPerOp() int {
 	if w.Kind == "batch" {
-		return batchRows
+		return BatchRows
 	}
 	return 1
 }
 
 const (
-	batchRows = 100   // rows per batch transaction
-	readRows  = 10000 // rows the read workload selects from
+	BatchRows = 100   // rows per batch transaction
+	ReadRows  = 10000 // rows the read workload selects from
 )
 
 // Result is what a workload measured.
@@ -46,9 +53,9 @@ type Result struct {
 	Retries  int64   `json:"retries"`
 }
 
-// errRetry marks an operation that the system refused for now (a busy
+// ErrRetry marks an operation that the system refused for now (a busy
 // database, no leader yet): it is retried and counted.
-var errRetry = errors.New("retry")
+var ErrRetry = errors.New("retry")
 
 // Ops are the operations of one system. Each must be safe for concurrent
 // use by the workload's clients. ids are unique across calls.
@@ -59,7 +66,7 @@ type Ops struct {
 }
 
 // run measures workload w over ops. nextID hands out fresh row IDs.
-func run(ctx context.Context, w Workload, ops Ops, nextID *atomic.Int64) Result {
+func Run(ctx context.Context, w Workload, ops Ops, nextID *atomic.Int64) Result {
 	ctx, cancel := context.WithTimeout(ctx, w.Duration)
 	defer cancel()
 	var (
@@ -80,7 +87,7 @@ func run(ctx context.Context, w Workload, ops Ops, nextID *atomic.Int64) Result 
 				var err error
 				for {
 					err = do(ctx, w.Kind, ops, nextID)
-					if !errors.Is(err, errRetry) || ctx.Err() != nil {
+					if !errors.Is(err, ErrRetry) || ctx.Err() != nil {
 						break
 					}
 					retries.Add(1)
@@ -115,13 +122,13 @@ func do(ctx context.Context, kind string, ops Ops, nextID *atomic.Int64) error {
 	case "insert":
 		return ops.Insert(ctx, nextID.Add(1))
 	case "batch":
-		ids := make([]int64, batchRows)
+		ids := make([]int64, BatchRows)
 		for i := range ids {
 			ids[i] = nextID.Add(1)
 		}
 		return ops.Batch(ctx, ids)
 	case "read":
-		return ops.Read(ctx, 1+rand.Int64N(readRows))
+		return ops.Read(ctx, 1+rand.Int64N(ReadRows))
 	}
 	return fmt.Errorf("unknown workload %q", kind)
 }
@@ -136,15 +143,15 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // prefill inserts the rows the read workload selects, in batches.
-func prefill(ctx context.Context, ops Ops, nextID *atomic.Int64) error {
-	for nextID.Load() < readRows {
-		ids := make([]int64, 0, batchRows)
-		for range batchRows {
+func Prefill(ctx context.Context, ops Ops, nextID *atomic.Int64) error {
+	for nextID.Load() < ReadRows {
+		ids := make([]int64, 0, BatchRows)
+		for range BatchRows {
 			ids = append(ids, nextID.Add(1))
 		}
 		var err error
 		for {
-			if err = ops.Batch(ctx, ids); !errors.Is(err, errRetry) {
+			if err = ops.Batch(ctx, ids); !errors.Is(err, ErrRetry) {
 				break
 			}
 		}
@@ -153,4 +160,69 @@ func prefill(ctx context.Context, ops Ops, nextID *atomic.Int64) error {
 		}
 	}
 	return nil
+}
+
+// Command is what the benchmark sends an agent process, one JSON line
+// each: an agent runs workloads next to the database (this project's
+// leader, embedding the library) or with a driver the benchmark cannot
+// link (a peer's client).
+type Command struct {
+	Cmd      string   `json:"cmd"` // leader, prepare, run
+	Workload Workload `json:"workload"`
+}
+
+// Reply is an agent's answer to a Command.
+type Reply struct {
+	Leader bool   `json:"leader"`
+	Result Result `json:"result"`
+	Err    string `json:"err,omitempty"`
+}
+
+// Serve answers commands from in on out until in ends: prepare calls
+// prepare (which returns the operations), run runs a workload, leader
+// calls leader. Row IDs continue from the largest one in the table.
+func Serve(in io.Reader, out io.Writer, leader func() bool, prepare func(ctx context.Context) (Ops, func(ctx context.Context) (int64, error), error)) error {
+	ctx := context.Background()
+	var ops *Ops
+	var maxID func(ctx context.Context) (int64, error)
+	var nextID atomic.Int64
+	enc := json.NewEncoder(out)
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		var c Command
+		var r Reply
+		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+			return err
+		}
+		var err error
+		switch c.Cmd {
+		case "leader":
+			r.Leader = leader()
+		case "prepare":
+			var o Ops
+			if o, maxID, err = prepare(ctx); err == nil {
+				ops = &o
+				err = Prefill(ctx, o, &nextID)
+			}
+		case "run":
+			if ops == nil {
+				err = errors.New("not prepared")
+				break
+			}
+			var id int64
+			if id, err = maxID(ctx); err == nil {
+				nextID.Store(id)
+				r.Result = Run(ctx, c.Workload, *ops, &nextID)
+			}
+		default:
+			err = fmt.Errorf("unknown command %q", c.Cmd)
+		}
+		if err != nil {
+			r.Err = err.Error()
+		}
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
 }

@@ -1,0 +1,54 @@
+package workload
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// Schema is the one table every system gets.
+const Schema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)`
+
+// Value is what every row holds.
+const Value = "a short row of text, the same for every system"
+
+// SQLOps runs the workloads through database/sql. retry says which errors
+// mean "try again" for this system.
+func SQLOps(db *sql.DB, retry func(error) bool) Ops {
+	wrap := func(err error) error {
+		if err != nil && retry(err) {
+			return fmt.Errorf("%w: %v", ErrRetry, err)
+		}
+		return err
+	}
+	insert := func(ctx context.Context, ids []int64) error {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return wrap(err)
+		}
+		defer tx.Rollback()
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO bench (id, v) VALUES (?, ?)`, id, Value); err != nil {
+				return wrap(err)
+			}
+		}
+		return wrap(tx.Commit())
+	}
+	return Ops{
+		Insert: func(ctx context.Context, id int64) error { return insert(ctx, []int64{id}) },
+		Batch:  insert,
+		Read: func(ctx context.Context, id int64) error {
+			var v string
+			return wrap(db.QueryRowContext(ctx, `SELECT v FROM bench WHERE id = ?`, id).Scan(&v))
+		},
+	}
+}
+
+// MaxID returns the largest row ID in the table.
+func MaxID(db *sql.DB) func(ctx context.Context) (int64, error) {
+	return func(ctx context.Context) (int64, error) {
+		var id int64
+		err := db.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM bench`).Scan(&id)
+		return id, err
+	}
+}
