@@ -16,10 +16,12 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkInsert -benchtime 5s .
 func BenchmarkInsert(b *testing.B) {
-	b.Run("dqlite-3-nodes", func(b *testing.B) {
-		c := newCluster(b, 3)
-		benchInsert(b, c.db(c.waitLeader(), "bench.db"))
-	})
+	for _, store := range []string{"bolt", "wal"} {
+		b.Run("dqlite-3-nodes-log-"+store, func(b *testing.B) {
+			c := newCluster(b, 3, func(cfg *Config) { cfg.LogStore = store })
+			benchInsert(b, c.db(c.waitLeader(), "bench.db"))
+		})
+	}
 	for _, sync := range []string{"normal", "full"} {
 		b.Run("sqlite-local-wal-sync-"+sync, func(b *testing.B) {
 			db, err := sql.Open("sqlite3", "file:"+filepath.Join(b.TempDir(), "bench.db")+

@@ -68,6 +68,12 @@ type Config struct {
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
 
+	// LogStore selects the Raft log: "bolt" (default), hashicorp's BoltDB
+	// store in raft.db, or "wal", hashicorp's raft-wal in raft-wal/ (one
+	// fsync per append instead of two). A directory keeps the store it was
+	// created with.
+	LogStore string
+
 	// Logger receives the node's and Raft's logs. Default: silent.
 	Logger *slog.Logger
 
@@ -140,6 +146,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
+	if c.LogStore == "" {
+		c.LogStore = "bolt"
+	}
 	return c
 }
 
@@ -176,6 +185,9 @@ func (c Config) Validate() error {
 	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		add("LeaderLeaseTimeout %v exceeds HeartbeatTimeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.LogStore != "bolt" && c.LogStore != "wal" {
+		add("LogStore %q is neither \"bolt\" nor \"wal\"", c.LogStore)
 	}
 	if c.TrailingLogs < 1 {
 		add("TrailingLogs must be positive")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,4 +170,26 @@ func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
 	if size < 50<<20 {
 		t.Errorf("database is %d bytes, want at least 50 MiB", size)
 	}
+}
+
+func TestCluster_RaftWALLogStore(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) { cfg.LogStore = "wal" })
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)
+	o := newOutcome()
+	writeRows(t, c, o, 0, 200, 100)
+	f := (l + 1) % 3
+	c.stop(f)
+	writeRows(t, c, o, 200, 300, 100)
+	c.restart(f)
+	c.check("test.db", `SELECT id FROM t`, o)
+	// A directory keeps its kind of log.
+	cfg := c.cfgs[f]
+	cfg.LogStore, cfg.Listener, cfg.Address, cfg.Cluster = "bolt", nil, "127.0.0.1:0", nil
+	c.stop(f)
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "another kind") {
+		t.Fatalf("reopening a raft-wal directory with LogStore bolt: %v", err)
+	}
+	c.restart(f)
+	c.check("test.db", `SELECT id FROM t`, o)
 }

@@ -12,12 +12,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/godqlite/dqlite/driver"
 	"github.com/godqlite/dqlite/internal/command"
-	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/fsm"
 )
 
@@ -28,7 +25,8 @@ type Node struct {
 	raft       *raft.Raft
 	fsm        *fsm.FSM
 	trans      *raft.NetworkTransport
-	store      *raftboltdb.BoltStore
+	store      logStore
+	lock       *os.File
 	notifyCh   chan bool
 	done       chan struct{}
 	unregister func()
@@ -64,22 +62,22 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	// The Raft log first: its file lock keeps a second node off the directory
+	// The directory lock first: it keeps a second node off the directory
 	// before anything in it is touched.
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.Dir, "raft.db"),
-		BoltOptions: &bbolt.Options{Timeout: 500 * time.Millisecond},
-	})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return fail(fmt.Errorf("%w: %s", errs.ErrDirInUse, cfg.Dir))
-	}
+	lock, err := lockDir(cfg.Dir)
 	if err != nil {
-		return fail(fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err))
+		return fail(err)
+	}
+	cleanup = append(cleanup, func() { lock.Close() })
+	n.lock = lock
+	hlog := newHclog(cfg.Logger)
+	store, err := openLogStore(cfg, hlog)
+	if err != nil {
+		return fail(err)
 	}
 	n.store = store
 	cleanup = append(cleanup, func() { store.Close() })
 
-	hlog := newHclog(cfg.Logger)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
 	if err != nil {
 		return fail(fmt.Errorf("snapshot store: %w", err))
@@ -377,7 +375,7 @@ func (n *Node) Close() error {
 	err := n.raft.Shutdown().Error()
 	n.wg.Wait()
 	n.trans.CloseStreams()
-	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close())
+	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close(), n.lock.Close())
 }
 
 // backend is the node as the driver sees it.

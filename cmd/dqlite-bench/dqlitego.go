@@ -25,7 +25,8 @@ const nodeFlag = "-node"
 // thisProject is a cluster of this library, each node its own process,
 // like the peers' nodes. Workloads run on the leader's own *sql.DB.
 type thisProject struct {
-	nodes  int
+	nodes    int
+	logStore string
 	agents []*agent
 	leader *agent
 }
@@ -33,7 +34,11 @@ type thisProject struct {
 func (p *thisProject) Name() string { return "dqlite-go" }
 
 func (p *thisProject) Durability() string {
-	return fmt.Sprintf("%d processes; Raft log (BoltDB) fsynced on every commit, quorum of %d", p.nodes, p.nodes/2+1)
+	kind := "BoltDB"
+	if p.logStore == "wal" {
+		kind = "raft-wal"
+	}
+	return fmt.Sprintf("%d processes; Raft log (%s) fsynced on every commit, quorum of %d", p.nodes, kind, p.nodes/2+1)
 }
 
 func (p *thisProject) Start(ctx context.Context, dir string) error {
@@ -63,7 +68,7 @@ func (p *thisProject) Start(ctx context.Context, dir string) error {
 	}()
 	for i := range p.nodes {
 		a, err := startAgent(exec.Command(exe, nodeFlag, "-id", strconv.Itoa(i+1),
-			"-dir", filepath.Join(dir, fmt.Sprint("node", i+1)), "-peers", strings.Join(peers, ",")), files[i])
+			"-dir", filepath.Join(dir, fmt.Sprint("node", i+1)), "-peers", strings.Join(peers, ","), "-logstore", p.logStore), files[i])
 		if err != nil {
 			return err
 		}
@@ -103,6 +108,7 @@ func runNode(args []string) int {
 	id := fs.Int("id", 0, "node ID")
 	dir := fs.String("dir", "", "data directory")
 	peerList := fs.String("peers", "", "id=address,...")
+	logStore := fs.String("logstore", "bolt", "Raft log store")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -121,7 +127,7 @@ func runNode(args []string) int {
 		return fail(err)
 	}
 	node, err := dqlite.New(dqlite.Config{ID: dqlite.NodeID(*id), Address: l.Addr().String(), Listener: l,
-		Dir: *dir, Cluster: peers})
+		Dir: *dir, Cluster: peers, LogStore: *logStore})
 	if err != nil {
 		return fail(err)
 	}

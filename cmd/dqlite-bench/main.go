@@ -2,7 +2,8 @@
 // and rqlite, in one run, with the same schema and keys for every system.
 //
 //	go run ./cmd/dqlite-bench [-duration 5s] [-workloads insert/1,insert/8,batch/1,read/1,read/8]
-//	                          [-systems dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3] [-json]
+//	                          [-systems dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3]
+//	                          [-logstore bolt|wal] [-json]
 //
 // Workloads: insert (1-row INSERT transactions), batch (100-row
 // transactions), read (point SELECT by primary key over 10k rows), each
@@ -63,9 +64,9 @@ func parseWorkloads(s string, d time.Duration) ([]workload.Workload, error) {
 	return ws, nil
 }
 
-func allSystems(nodes int) []System {
+func allSystems(nodes int, logStore string) []System {
 	return []System{
-		&thisProject{nodes: nodes},
+		&thisProject{nodes: nodes, logStore: logStore},
 		&clientSystem{opsStarter: &localSQLite{sync: "full"}},
 		&clientSystem{opsStarter: &localSQLite{sync: "normal"}},
 		&dqlitePeer{nodes: nodes},
@@ -83,6 +84,7 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	systems := fs.String("systems", "dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite", "systems to measure")
 	nodes := fs.Int("nodes", 3, "nodes per replicated system")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	logStore := fs.String("logstore", "bolt", "this project's Raft log store: bolt or wal")
 	dir := fs.String("dir", "", "where data goes (default: a temporary directory, removed afterwards)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -111,7 +113,7 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	var rep report
-	for _, sys := range allSystems(*nodes) {
+	for _, sys := range allSystems(*nodes, *logStore) {
 		if !want[sys.Name()] {
 			continue
 		}
