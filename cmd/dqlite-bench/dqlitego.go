@@ -27,8 +27,8 @@ const nodeFlag = "-node"
 type thisProject struct {
 	nodes    int
 	logStore string
-	agents []*agent
-	leader *agent
+	agents   []*agent
+	leader   *agent
 }
 
 func (p *thisProject) Name() string { return "dqlite-go" }
