@@ -35,7 +35,9 @@
 // # Data directory
 //
 // A node's directory holds each database (name, name-wal, name-shm), the
-// Raft log and stable store (raft.db) and Raft snapshots (snapshots/). On
+// Raft log and stable store (raft.db, or raft-wal/ with Config.LogStore
+// "wal"), Raft snapshots (snapshots/) and a lock file that keeps a second
+// node off the directory. On
 // start, a node rebuilds its databases from the latest snapshot and the
 // log after it: the Raft log is the durable record, the database files a
 // cache of it.

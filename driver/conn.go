@@ -36,6 +36,8 @@ type conn struct {
 	closed error              // the node closed this connection
 	inTx   bool
 	roTx   bool // the transaction was begun read-only
+
+	busySince time.Time // when the current wait for a lock began
 }
 
 var (
@@ -51,7 +53,7 @@ var (
 func newConn(ctx context.Context, b Backend, db Database) (*conn, error) {
 	c := &conn{backend: b, db: db}
 	c.id, c.untrack = b.Track(c)
-	uri := db.URI(c.id) + "&_txlock=deferred&_pragma=busy_timeout(10000)&_pragma=wal_autocheckpoint(0)&_pragma=synchronous(normal)"
+	uri := db.URI(c.id) + "&_txlock=deferred&_pragma=wal_autocheckpoint(0)&_pragma=synchronous(normal)"
 	inner, err := (&ncdriver.SQLite{}).OpenConnector(uri)
 	if err == nil {
 		var dc driver.Conn
@@ -65,7 +67,34 @@ func newConn(ctx context.Context, b Backend, db Database) (*conn, error) {
 		return nil, err
 	}
 	c.raw = c.inner.Raw()
+	if err := c.raw.BusyHandler(c.busy); err != nil {
+		c.inner.Close()
+		c.untrack()
+		return nil, err
+	}
 	return c, nil
+}
+
+// busyTimeout bounds how long a statement waits for a lock.
+const busyTimeout = 10 * time.Second
+
+// busy is SQLite's busy handler: a writer waiting for the write lock
+// sleeps until a statement returns somewhere (the holder may have let go)
+// instead of polling with random sleeps, which leaves the lock idle and
+// lets some waiters starve.
+func (c *conn) busy(ctx context.Context, count int) bool {
+	if count == 0 {
+		c.busySince = time.Now()
+	} else if time.Since(c.busySince) > busyTimeout {
+		return false
+	}
+	select {
+	case <-c.db.Settled():
+	case <-time.After(2 * time.Millisecond):
+	case <-ctx.Done():
+		return false
+	}
+	return true
 }
 
 // Raw returns the underlying SQLite connection, for sql.Conn.Raw. Writes

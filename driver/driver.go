@@ -49,6 +49,7 @@ type Database interface {
 	URI(conn uint64) string      // SQLite URI opening it as connection conn
 	TakeError(conn uint64) error // real cause of conn's last failed commit
 	Settle(conn uint64)          // a statement of conn returned
+	Settled() <-chan struct{}    // closed when the next statement returns
 	Checkpoint()                 // checkpoint if the WAL is long; never waits
 	Failed() error               // non-nil once this node's copy stopped
 }

@@ -63,6 +63,7 @@ type DB struct {
 	mu      sync.Mutex
 	pending *pendingTx       // local transaction in flight, if any
 	errs    map[uint64]error // the real cause of a failed commit, per connection
+	settled chan struct{}    // closed, and replaced, whenever a statement returns
 	nextTx  uint64
 	failed  error // set when this node's copy diverged
 
@@ -97,7 +98,7 @@ func (d *DB) PageSize() uint32 { return d.pageSize }
 // openDB creates (if needed) and opens the database name in dir, the same
 // way on every node, and registers it with the VFS.
 func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error) {
-	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize,
+	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize, settled: make(chan struct{}),
 		nextTx: uint64(time.Now().UnixNano())}
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
 	if err != nil {
@@ -250,13 +251,24 @@ func (d *DB) TakeError(conn uint64) error {
 
 // Settle tells the database that a statement of connection conn returned:
 // if that connection had a committed transaction pending, SQLite has
-// published it by now.
+// published it by now, and it may have given the write lock back.
 func (d *DB) Settle(conn uint64) {
 	d.mu.Lock()
+	close(d.settled)
+	d.settled = make(chan struct{})
 	if d.pending != nil && d.pending.conn == conn && d.pending.state == committed {
 		d.pending = nil
 	}
 	d.mu.Unlock()
+}
+
+// Settled returns a channel closed when the next statement returns on any
+// connection: a writer waiting for the write lock waits for it rather
+// than polling.
+func (d *DB) Settled() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.settled
 }
 
 // Failed returns the reason this node's copy stopped being served, or nil.
