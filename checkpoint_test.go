@@ -20,7 +20,7 @@ func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 	}
 	txs := 50000
 	if raceEnabled {
-		txs = 5000 // the race detector slows every commit tenfold
+		txs = 2000 // the race detector slows every commit tenfold
 	}
 	c := newCluster(t, 3)
 	l := c.waitLeader()

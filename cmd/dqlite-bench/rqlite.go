@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -37,31 +36,12 @@ func (r *rqlite) Durability() string {
 	return fmt.Sprintf("%d processes; Raft log (BoltDB) fsynced on every commit, quorum of %d; reads level=weak", r.nodes, r.nodes/2+1)
 }
 
-func freePorts(n int) ([]string, error) {
-	var addrs []string
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
-}
-
 func (r *rqlite) Start(ctx context.Context, dir string) (workload.Ops, error) {
 	bin, err := exec.LookPath("rqlited")
 	if err != nil {
 		return workload.Ops{}, fmt.Errorf("%w: %s", errNotInstalled, rqliteInstall)
 	}
-	ports, err := freePorts(2 * r.nodes)
+	ports, err := workload.FreePorts(2 * r.nodes)
 	if err != nil {
 		return workload.Ops{}, err
 	}

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,7 +49,7 @@ type cluster struct {
 
 func start(demo string, n int, dir string) (*cluster, error) {
 	c := &cluster{}
-	ports, err := freePorts(2 * n)
+	ports, err := workload.FreePorts(2 * n)
 	if err != nil {
 		return c, err
 	}
@@ -70,20 +69,6 @@ func start(demo string, n int, dir string) (*cluster, error) {
 		time.Sleep(200 * time.Millisecond) // let each node come up before the next joins it
 	}
 	return c, nil
-}
-
-// freePorts returns n loopback addresses that were free a moment ago.
-func freePorts(n int) ([]string, error) {
-	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
 }
 
 // stop stops the followers, then the first node (a leader left alone

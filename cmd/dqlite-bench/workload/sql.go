@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net"
 )
 
 // Schema is the one table every system gets.
@@ -51,4 +52,19 @@ func MaxID(db *sql.DB) func(ctx context.Context) (int64, error) {
 		err := db.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM bench`).Scan(&id)
 		return id, err
 	}
+}
+
+// FreePorts returns n loopback addresses that were free a moment ago, for
+// peers that must be told their ports.
+func FreePorts(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
 }
