@@ -3,6 +3,7 @@ package dqlite
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"math"
 	"testing"
@@ -139,4 +140,27 @@ func TestDriver_ConnRaw(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.check("test.db", `SELECT rowid FROM t`, nil)
+}
+
+func TestDriver_RegisteredName(t *testing.T) {
+	c := newCluster(t, 1)
+	c.db(0, "test.db")
+	db, err := sql.Open("dqlite", c.nodes[0].Address()+"/test.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	mustExec(t, db, `INSERT INTO t VALUES (1)`)
+	for _, dsn := range []string{"no-slash", "127.0.0.1:1/test.db"} {
+		bad, err := sql.Open("dqlite", dsn)
+		if err == nil {
+			err = bad.Ping()
+			bad.Close()
+		}
+		if err == nil {
+			t.Errorf("data source name %q accepted", dsn)
+		}
+	}
+	c.check("test.db", `SELECT id FROM t`, nil)
 }
