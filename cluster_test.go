@@ -144,10 +144,17 @@ func newCluster(t testing.TB, n int, opts ...func(*Config)) *cluster {
 		peers = append(peers, Peer{ID: NodeID(i + 1), Address: l.Addr().String()})
 	}
 	for i := range n {
+		// Short Raft timeouts keep failover tests quick; the race
+		// detector slows everything enough that a leader would lose its
+		// lease while committing, so they are longer there.
+		heartbeat := 500 * time.Millisecond
+		if raceEnabled {
+			heartbeat = 1500 * time.Millisecond
+		}
 		cfg := Config{
 			ID: NodeID(i + 1), Address: peers[i].Address, Dir: t.TempDir(), Cluster: peers,
-			HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
-			LeaderLeaseTimeout: 250 * time.Millisecond, ApplyTimeout: 3 * time.Second,
+			HeartbeatTimeout: heartbeat, ElectionTimeout: heartbeat,
+			LeaderLeaseTimeout: heartbeat / 2, ApplyTimeout: 3 * time.Second,
 			Logger: testLogger(t), Dial: c.net.dialer(i),
 		}
 		for _, o := range opts {
