@@ -147,8 +147,8 @@ func TestCluster_FollowerCatchesUpFromLog(t *testing.T) {
 }
 
 func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("writes a 50 MB database")
+	if testing.Short() || raceEnabled {
+		t.Skip("writes a 50 MB database: run without -short and -race")
 	}
 	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1<<20, 10 })
 	l := c.waitLeader()
