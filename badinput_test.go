@@ -95,7 +95,7 @@ func TestNode_UseAfterClose(t *testing.T) {
 	if _, err := db.Exec(`SELECT 1`); err != nil {
 		t.Fatal(err)
 	}
-	c.stopWhileUsed(f)
+	c.stop(f)
 	if _, err := db.Exec(`SELECT 1`); !errors.Is(err, ErrClosed) {
 		t.Errorf("query after Close: %v", err)
 	}

@@ -199,18 +199,20 @@ func (c *cluster) start(i int, l net.Listener) {
 }
 
 // stop closes node i (its data directory stays).
+// Other goroutines may still be using its *sql.DB handles: they get
+// errors, and the handles are closed after the node.
 func (c *cluster) stop(i int) {
 	c.t.Helper()
+	if err := c.nodes[i].Close(); err != nil {
+		c.t.Errorf("close node %d: %v", i+1, err)
+	}
+	c.nodes[i] = nil
 	for k, db := range c.dbs {
 		if k[0] == i {
 			db.Close()
 			delete(c.dbs, k)
 		}
 	}
-	if err := c.nodes[i].Close(); err != nil {
-		c.t.Errorf("close node %d: %v", i+1, err)
-	}
-	c.nodes[i] = nil
 }
 
 func (c *cluster) restart(i int) { c.t.Helper(); c.start(i, nil) }

@@ -106,6 +106,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold:  8192,
 		SnapshotInterval:   10 * time.Second,
 		TrailingLogs:       10240,
+		LogStore:           "bolt",
 		Logger:             slog.New(slog.DiscardHandler),
 	}
 }
@@ -113,43 +114,31 @@ func DefaultConfig() Config {
 // withDefaults returns c with zero fields set to their defaults.
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.ApplyTimeout == 0 {
-		c.ApplyTimeout = d.ApplyTimeout
-	}
-	if c.MaxTxSize == 0 {
-		c.MaxTxSize = d.MaxTxSize
-	}
-	if c.PageSize == 0 {
-		c.PageSize = d.PageSize
-	}
-	if c.CheckpointFrames == 0 {
-		c.CheckpointFrames = d.CheckpointFrames
-	}
-	if c.HeartbeatTimeout == 0 {
-		c.HeartbeatTimeout = d.HeartbeatTimeout
-	}
-	if c.ElectionTimeout == 0 {
-		c.ElectionTimeout = d.ElectionTimeout
-	}
-	if c.LeaderLeaseTimeout == 0 {
-		c.LeaderLeaseTimeout = c.HeartbeatTimeout / 2
-	}
-	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = d.SnapshotThreshold
-	}
-	if c.SnapshotInterval == 0 {
-		c.SnapshotInterval = d.SnapshotInterval
-	}
-	if c.TrailingLogs == 0 {
-		c.TrailingLogs = d.TrailingLogs
-	}
+	d.LeaderLeaseTimeout = or(c.HeartbeatTimeout, d.HeartbeatTimeout) / 2
+	c.ApplyTimeout = or(c.ApplyTimeout, d.ApplyTimeout)
+	c.MaxTxSize = or(c.MaxTxSize, d.MaxTxSize)
+	c.PageSize = or(c.PageSize, d.PageSize)
+	c.CheckpointFrames = or(c.CheckpointFrames, d.CheckpointFrames)
+	c.HeartbeatTimeout = or(c.HeartbeatTimeout, d.HeartbeatTimeout)
+	c.ElectionTimeout = or(c.ElectionTimeout, d.ElectionTimeout)
+	c.LeaderLeaseTimeout = or(c.LeaderLeaseTimeout, d.LeaderLeaseTimeout)
+	c.SnapshotThreshold = or(c.SnapshotThreshold, d.SnapshotThreshold)
+	c.SnapshotInterval = or(c.SnapshotInterval, d.SnapshotInterval)
+	c.TrailingLogs = or(c.TrailingLogs, d.TrailingLogs)
+	c.LogStore = or(c.LogStore, d.LogStore)
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
-	if c.LogStore == "" {
-		c.LogStore = "bolt"
-	}
 	return c
+}
+
+// or returns v, or def when v is the zero value.
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }
 
 // Validate reports every problem of the configuration at once.

@@ -49,7 +49,7 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 		return func() bool { o.mu.Lock(); defer o.mu.Unlock(); return len(o.acked) >= n }
 	}
 	waitFor(t, 20*time.Second, "100 acknowledged writes", acked(100))
-	c.stopWhileUsed(l)
+	c.stop(l)
 	newLeader := c.waitLeader()
 	if newLeader == l {
 		t.Fatal("the closed node is still the leader")
@@ -61,22 +61,6 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 	c.restart(l)
 	t.Logf("acknowledged %d, failed %d, ambiguous %d", len(o.acked), len(o.failed), len(o.ambiguous))
 	c.check("test.db", `SELECT id FROM t`, o)
-}
-
-// stopWhileUsed closes node i while other goroutines may still use its
-// *sql.DB: they get errors, and the handle is closed afterwards.
-func (c *cluster) stopWhileUsed(i int) {
-	c.t.Helper()
-	if err := c.nodes[i].Close(); err != nil {
-		c.t.Errorf("close node %d: %v", i+1, err)
-	}
-	c.nodes[i] = nil
-	for k, db := range c.dbs {
-		if k[0] == i {
-			db.Close()
-			delete(c.dbs, k)
-		}
-	}
 }
 
 // scenario describes one cell of the deposition matrix.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"io"
 	"reflect"
 	"slices"
 	"strings"
@@ -543,7 +544,7 @@ func (r *rows) Next(dest []driver.Value) error {
 		return r.aborted
 	}
 	err := r.Rows.Next(dest)
-	if err != nil && !errors.Is(err, errEOF) {
+	if err != nil && !errors.Is(err, io.EOF) { // io.EOF ends the result set: nothing to map
 		return c.mapErr(err)
 	}
 	return err

@@ -1,12 +1,6 @@
 package driver
 
-import (
-	"errors"
-	"io"
-)
-
-// errEOF ends a result set; it is not an error to map.
-var errEOF = io.EOF
+import "errors"
 
 var errReadOnlyTx = errors.New("dqlite: write in a read-only transaction")
 

@@ -363,7 +363,6 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 		return m, err
 	}
 	s.lastCommit = n
-	s.frames = map[uint32]*frame{}
 	s.dropTx()
 	return m, nil
 }
