@@ -11,7 +11,6 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	raftwal "github.com/hashicorp/raft-wal"
 	"go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
 )
 
 // logStore is Raft's log and stable store.
@@ -28,7 +27,7 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock data dir: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := tryLockFile(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w: %s", ErrDirInUse, dir)
 	}

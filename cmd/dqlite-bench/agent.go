@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"syscall"
 	"time"
 
 	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
@@ -28,7 +27,7 @@ type agent struct {
 // startAgent starts cmd as an agent, with extra file descriptors from 3.
 func startAgent(cmd *exec.Cmd, files ...*os.File) (*agent, error) {
 	cmd.ExtraFiles = files
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithParent(cmd)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -50,7 +50,7 @@ func (r *rqlite) Start(ctx context.Context, dir string) (workload.Ops, error) {
 	for i := range r.nodes {
 		cmd := exec.Command(bin, "-node-id", fmt.Sprint("n", i+1), "-http-addr", r.http[i], "-raft-addr", r.raft[i],
 			"-bootstrap-expect", fmt.Sprint(r.nodes), "-join", strings.Join(r.raft, ","), filepath.Join(dir, fmt.Sprint("rqlite", i+1)))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		dieWithParent(cmd)
 		if err := cmd.Start(); err != nil {
 			return workload.Ops{}, err
 		}

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -95,7 +94,7 @@ func (s *supervisor) spawn(i, run int) error {
 	cmd := exec.Command(s.exe, nodeFlag, "-id", fmt.Sprint(i+1), "-run", fmt.Sprint(run),
 		"-dir", s.dirs[i], "-peers", s.peers)
 	cmd.ExtraFiles = []*os.File{s.files[i]}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithParent(cmd)
 	logFile, err := os.OpenFile(filepath.Join(s.dirs[i], "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -232,7 +231,7 @@ func (s *supervisor) pump(ctx context.Context, d time.Duration, chaos bool) bool
 // kill stops node i with SIGKILL, wherever it is.
 func (s *supervisor) kill(i int) {
 	p := s.procs[i]
-	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Process.Kill()
 	<-p.done
 	p.downAt = time.Now()
 	s.kills++
@@ -276,7 +275,7 @@ func (s *supervisor) chaos(now time.Time) {
 func (s *supervisor) stopAll() {
 	for _, p := range s.procs {
 		if p != nil && p.downAt.IsZero() {
-			p.cmd.Process.Signal(syscall.SIGTERM)
+			terminate(p.cmd.Process)
 		}
 	}
 	deadline := time.After(10 * time.Second)
