@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/driver"
 )
 
 func TestDriver_TypesRoundTripOnEveryNode(t *testing.T) {
@@ -145,21 +147,25 @@ func TestDriver_ConnRaw(t *testing.T) {
 func TestDriver_RegisteredName(t *testing.T) {
 	c := newCluster(t, 1)
 	c.db(0, "test.db")
-	db, err := sql.Open("dqlite", c.nodes[0].Address()+"/test.db")
+	db, err := sql.Open(driver.Name, c.nodes[0].Address()+"/test.db")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
 	mustExec(t, db, `INSERT INTO t VALUES (1)`)
-	for _, dsn := range []string{"no-slash", "127.0.0.1:1/test.db"} {
-		bad, err := sql.Open("dqlite", dsn)
+	for dsn, want := range map[string]error{
+		"no-slash":                         nil,
+		"127.0.0.1:1/test.db":              ErrNoNode,
+		c.nodes[0].Address() + "/x.db-wal": ErrInvalidName,
+	} {
+		bad, err := sql.Open(driver.Name, dsn)
 		if err == nil {
 			err = bad.Ping()
 			bad.Close()
 		}
-		if err == nil {
-			t.Errorf("data source name %q accepted", dsn)
+		if err == nil || (want != nil && !errors.Is(err, want)) {
+			t.Errorf("data source name %q: %v, want %v", dsn, err, want)
 		}
 	}
 	c.check("test.db", `SELECT id FROM t`, nil)

@@ -1,6 +1,10 @@
 package dqlite
 
-import "github.com/godqlite/dqlite/internal/errs"
+import (
+	"fmt"
+
+	"github.com/godqlite/dqlite/internal/errs"
+)
 
 // The errors of dqlite. Every layer returns these same values (or errors
 // wrapping them), so errors.Is works whichever layer an error came from.
@@ -41,8 +45,44 @@ var (
 	ErrNoSuchNode = errs.ErrNoSuchNode
 	// ErrLastVoter is returned by RemoveNode for the cluster's only voter.
 	ErrLastVoter = errs.ErrLastVoter
+	// ErrRefused is returned, before anything ran, for a statement that
+	// would write outside the replicated WAL or break replication: a
+	// change to an ATTACHed database, setting journal_mode or
+	// locking_mode. DESIGN.md lists what is refused and why.
+	ErrRefused = errs.ErrRefused
+	// ErrBusy is returned when a statement waited Config.BusyTimeout for
+	// a lock (usually the write lock, held by other writers) and gave up.
+	// Nothing of that statement was written.
+	ErrBusy = errs.ErrBusy
+	// ErrInvalidName is returned by Open for a database name that the node
+	// cannot use (see Open).
+	ErrInvalidName = errs.ErrInvalidName
+	// ErrNoLeader is returned when no leader could be found in time: the
+	// error says which peers this node could not reach.
+	ErrNoLeader = errs.ErrNoLeader
+	// ErrNeedsRecovery is returned by New for a data directory that holds
+	// databases but no Raft state: starting would replace them, so the
+	// node refuses until an operator decides (see New).
+	ErrNeedsRecovery = errs.ErrNeedsRecovery
+	// ErrNoNode is returned for a data source name that names no node
+	// running in this process.
+	ErrNoNode = errs.ErrNoNode
 )
 
-// NotLeaderError is the error returned on a node that is not the leader.
-// errors.Is(err, ErrNotLeader) holds for it; errors.As gives the leader.
-type NotLeaderError = errs.NotLeaderError
+// NotLeaderError is returned on a node that is not the leader, or not a
+// ready one, for what only the leader does. errors.Is(err, ErrNotLeader)
+// holds for it; errors.As gives the leader.
+type NotLeaderError struct {
+	LeaderID      NodeID // 0 when no leader is known
+	LeaderAddress string // "" when no leader is known
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderAddress == "" {
+		return "dqlite: not the leader (no leader known)"
+	}
+	return fmt.Sprintf("dqlite: not the leader (leader is node %d at %s)", e.LeaderID, e.LeaderAddress)
+}
+
+// Is makes errors.Is(err, ErrNotLeader) hold.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }

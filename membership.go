@@ -117,7 +117,7 @@ func (n *Node) checkMembershipLeader() error {
 	}
 	if n.raft.State() != raft.Leader {
 		id, addr := n.Leader()
-		return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+		return &NotLeaderError{LeaderID: id, LeaderAddress: addr}
 	}
 	return nil
 }
@@ -128,7 +128,7 @@ func (n *Node) mapMembershipErr(err error) error {
 		return nil
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost):
 		id, addr := n.Leader()
-		return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+		return &NotLeaderError{LeaderID: id, LeaderAddress: addr}
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrClosed
 	}

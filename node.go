@@ -5,9 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"os"
-	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +45,10 @@ type Node struct {
 // bootstraps a new cluster; on a directory with state it rejoins the
 // cluster recorded there. The node's databases are rebuilt from the Raft
 // snapshot and log.
+//
+// New never replaces data it cannot account for: a directory that holds
+// databases but no Raft state (its log was lost, or the files were copied
+// in) fails with ErrNeedsRecovery, whose message says how to proceed.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -82,6 +87,22 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("snapshot store: %w", err))
 	}
+	exists, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fail(fmt.Errorf("read raft state: %w", err))
+	}
+	if !exists {
+		// Without Raft state, starting would replace every database here:
+		// with the cluster's copy, or with an empty one if Cluster starts
+		// a new cluster. Only an operator can tell which is right.
+		if files := fsm.DatabaseFiles(cfg.Dir); len(files) > 0 {
+			return fail(fmt.Errorf("%w: %s holds databases (%s) but no Raft state (its Raft log is missing or empty), "+
+				"and starting would replace them. If the cluster's other nodes have the data, delete these files "+
+				"(with their -wal and -shm files) and start the node again to receive the cluster's copy; "+
+				"to keep this copy, move the files away first and load them into the cluster with SQL",
+				ErrNeedsRecovery, cfg.Dir, strings.Join(files, ", ")))
+		}
+	}
 	n.fsm, err = fsm.New(cfg.Dir, fsm.Options{
 		NodeID:           uint64(cfg.ID),
 		MaxTxSize:        cfg.MaxTxSize,
@@ -119,15 +140,9 @@ func New(cfg Config) (*Node, error) {
 	rc.NotifyCh = n.notifyCh
 	rc.Logger = hlog
 
-	if len(cfg.Cluster) > 0 {
-		exists, err := raft.HasExistingState(store, store, snaps)
-		if err != nil {
-			return fail(fmt.Errorf("read raft state: %w", err))
-		}
-		if !exists {
-			if err := raft.BootstrapCluster(rc, store, store, snaps, n.trans, configuration(cfg.Cluster)); err != nil {
-				return fail(fmt.Errorf("bootstrap: %w", err))
-			}
+	if len(cfg.Cluster) > 0 && !exists {
+		if err := raft.BootstrapCluster(rc, store, store, snaps, n.trans, configuration(cfg.Cluster)); err != nil {
+			return fail(fmt.Errorf("bootstrap: %w", err))
 		}
 	}
 	n.raft, err = raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans)
@@ -187,24 +202,46 @@ func (n *Node) IsLeader() bool { return n.checkLeader() == nil }
 
 // Open returns a *sql.DB for the database name, creating it on the cluster
 // when it does not exist yet. Creation needs the leader: on another node,
-// Open waits (until ctx is done) for the leader to create it.
+// Open waits for the leader to create it. When ctx has no deadline, Open
+// gives up after Config.OpenTimeout; an error then says why (no leader,
+// and which peers this node cannot reach; or the database does not exist
+// and the leader is elsewhere).
+//
+// A name is a file name in the data directory: at most 200 bytes of UTF-8,
+// no path separators, control characters or characters Windows forbids
+// (:*?"<>|), not "." or "..", no trailing dot or space, not a Windows
+// device name (CON, NUL, COM1…), not a name the node uses itself (raft.db,
+// raft-wal, snapshots, lock), not ending in -wal, -shm or -journal. Other
+// names fail with ErrInvalidName.
 func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
-	if name == "" || len(name) > 255 || filepath.Base(name) != name || name == "raft.db" {
-		return nil, fmt.Errorf("dqlite: invalid database name %q", name)
+	d, err := n.database(ctx, name)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := n.database(ctx, name); err != nil {
+	if err := d.Failed(); err != nil {
 		return nil, err
 	}
 	return sql.OpenDB(driver.NewConnector(backend{n}, name)), nil
 }
 
 func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
+	if err := fsm.ValidateName(name); err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.OpenTimeout)
+		defer cancel()
+	}
 	for {
 		if err := n.checkOpen(); err != nil {
 			return nil, err
 		}
 		if d := n.fsm.Database(name); d != nil {
 			return d, nil
+		}
+		if err := n.fsm.OpenError(name); err != nil {
+			return nil, err
 		}
 		err := n.checkLeader()
 		if err == nil {
@@ -223,12 +260,69 @@ func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
 			return d, nil
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("open %s: %w (%w)", name, ctx.Err(), err)
+			return nil, n.explain(fmt.Sprintf("open %s", name), ctx.Err(), err)
 		}
 		if errors.Is(werr, ErrClosed) {
 			return nil, werr
 		}
 	}
+}
+
+// explain turns a wait for the leader that ran out (ctxErr) into an error
+// that says why: no leader, and which peers this node cannot reach; or a
+// leader elsewhere that has not created the database; or the last error
+// seen (last).
+func (n *Node) explain(op string, ctxErr, last error) error {
+	id, addr := n.Leader()
+	switch {
+	case id == 0 || addr == "":
+		return fmt.Errorf("%s: %w: %s (%w)", op, ErrNoLeader, n.peersReport(), ctxErr)
+	case id != n.cfg.ID:
+		return fmt.Errorf("%s: %w: the database does not exist yet, and only the leader (node %d at %s) creates it: "+
+			"open it there first (%w)", op, ErrNoDatabase, id, addr, ctxErr)
+	}
+	return fmt.Errorf("%s: %w (%w)", op, ctxErr, last)
+}
+
+// peersReport says which members this node can reach over TCP right now,
+// for errors about a missing leader.
+func (n *Node) peersReport() string {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return "cannot read the cluster's configuration: " + err.Error()
+	}
+	servers := f.Configuration().Servers
+	if len(servers) == 0 {
+		return "this node is in no cluster yet: set Config.Cluster to start one, or have the leader add it with AddVoter"
+	}
+	dial := n.cfg.Dial
+	if dial == nil {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}
+	}
+	var down, up []string
+	for _, s := range servers {
+		if string(s.ID) == strconv.FormatUint(uint64(n.cfg.ID), 10) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := dial(ctx, string(s.Address))
+		cancel()
+		if err != nil {
+			down = append(down, fmt.Sprintf("node %s at %s (%v)", s.ID, s.Address, err))
+			continue
+		}
+		c.Close()
+		up = append(up, fmt.Sprintf("node %s at %s", s.ID, s.Address))
+	}
+	switch {
+	case len(servers) == 1:
+		return "this node is the cluster's only member and not elected yet"
+	case len(down) == 0:
+		return fmt.Sprintf("every peer answers (%s), but no election succeeded yet", strings.Join(up, ", "))
+	}
+	return fmt.Sprintf("%d of %d peers unreachable: %s", len(down), len(servers)-1, strings.Join(down, "; "))
 }
 
 // checkLeader returns nil when this node may commit writes now.
@@ -243,7 +337,7 @@ func (n *Node) checkLeader() error {
 		return nil
 	}
 	id, addr := n.Leader()
-	return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+	return &NotLeaderError{LeaderID: id, LeaderAddress: addr}
 }
 
 // propose replicates one command. It is the fsm.Proposer of this node.
@@ -274,7 +368,7 @@ func (n *Node) propose(cmd []byte) error {
 			return nil
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 			id, addr := n.Leader()
-			return &NotLeaderError{LeaderID: uint64(id), LeaderAddress: addr}
+			return &NotLeaderError{LeaderID: id, LeaderAddress: addr}
 		case errors.Is(err, raft.ErrEnqueueTimeout):
 			return fmt.Errorf("%w: not enqueued within %v", ErrNoQuorum, n.cfg.ApplyTimeout)
 		case errors.Is(err, raft.ErrLeadershipLost):
@@ -386,6 +480,10 @@ func (b backend) Database(ctx context.Context, name string) (driver.Database, er
 }
 
 func (b backend) CheckLeader() error { return b.n.checkLeader() }
+
+func (b backend) CheckOpen() error { return b.n.checkOpen() }
+
+func (b backend) BusyTimeout() time.Duration { return b.n.cfg.BusyTimeout }
 
 func (b backend) Track(c driver.Aborter) (uint64, func()) {
 	n := b.n

@@ -48,7 +48,7 @@ func TestCluster_WriteOnFollower(t *testing.T) {
 	if !errors.Is(err, ErrNotLeader) || !errors.As(err, &nl) {
 		t.Fatalf("write on follower: got %v, want ErrNotLeader", err)
 	}
-	if nl.LeaderID != uint64(l+1) || nl.LeaderAddress != c.nodes[l].Address() {
+	if nl.LeaderID != NodeID(l+1) || nl.LeaderAddress != c.nodes[l].Address() {
 		t.Fatalf("NotLeaderError names %d at %s, leader is %d at %s", nl.LeaderID, nl.LeaderAddress, l+1, c.nodes[l].Address())
 	}
 	c.check("test.db", `SELECT id FROM t`, nil)

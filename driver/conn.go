@@ -5,15 +5,13 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"io"
-	"reflect"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
-	ncdriver "github.com/ncruces/go-sqlite3/driver"
 
 	"github.com/godqlite/dqlite/internal/errs"
 )
@@ -28,17 +26,19 @@ type conn struct {
 	id      uint64
 	backend Backend
 	db      Database
-	inner   ncdriver.Conn
 	raw     *sqlite3.Conn
 	untrack func()
 
-	doomed error              // the transaction was rolled back under the application
-	rows   map[*rows]struct{} // open result sets
-	closed error              // the node closed this connection
-	inTx   bool
-	roTx   bool // the transaction was begun read-only
+	doomed  error              // the transaction was rolled back under the application
+	rows    map[*rows]struct{} // open result sets
+	stmts   map[*stmt]struct{} // open prepared statements
+	closed  error              // the node closed this connection, or it never opened
+	inTx    bool
+	roTx    bool  // the transaction was begun read-only
+	refused error // why the authorizer denied the statement being prepared
 
-	busySince time.Time // when the current wait for a lock began
+	busySince   time.Time // when the current wait for a lock began
+	busyTimeout time.Duration
 }
 
 var (
@@ -51,33 +51,40 @@ var (
 	_ driver.NamedValueChecker  = (*conn)(nil)
 )
 
-func newConn(ctx context.Context, b Backend, db Database) (*conn, error) {
-	c := &conn{backend: b, db: db}
+// newConn opens a connection. The node can see it (Track) before it is
+// open, so that a Close racing with it still closes it; c.mu is held until
+// it is whole, and a connection that failed to open is marked closed, so
+// Abort never meets a half-built one.
+func newConn(ctx context.Context, b Backend, db Database) (_ *conn, err error) {
+	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.id, c.untrack = b.Track(c)
-	uri := db.URI(c.id) + "&_txlock=deferred&_pragma=wal_autocheckpoint(0)&_pragma=synchronous(normal)"
-	inner, err := (&ncdriver.SQLite{}).OpenConnector(uri)
-	if err == nil {
-		var dc driver.Conn
-		dc, err = inner.Connect(ctx)
-		if err == nil {
-			c.inner = dc.(ncdriver.Conn)
+	defer func() {
+		if err != nil {
+			c.closed = errs.ErrClosed
+			c.closeRaw()
+			c.untrack()
 		}
-	}
-	if err != nil {
-		c.untrack()
+	}()
+	if err := b.CheckOpen(); err != nil {
 		return nil, err
 	}
-	c.raw = c.inner.Raw()
+	c.raw, err = sqlite3.OpenContext(ctx, db.URI(c.id))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.raw.Exec(`PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=NORMAL`); err != nil {
+		return nil, err
+	}
 	if err := c.raw.BusyHandler(c.busy); err != nil {
-		c.inner.Close()
-		c.untrack()
+		return nil, err
+	}
+	if err := c.raw.SetAuthorizer(c.authorize); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
-
-// busyTimeout bounds how long a statement waits for a lock.
-const busyTimeout = 10 * time.Second
 
 // busy is SQLite's busy handler: a writer waiting for the write lock
 // sleeps until a statement returns somewhere (the holder may have let go)
@@ -86,7 +93,7 @@ const busyTimeout = 10 * time.Second
 func (c *conn) busy(ctx context.Context, count int) bool {
 	if count == 0 {
 		c.busySince = time.Now()
-	} else if time.Since(c.busySince) > busyTimeout {
+	} else if time.Since(c.busySince) > c.busyTimeout {
 		return false
 	}
 	select {
@@ -126,8 +133,26 @@ func (c *conn) Abort(cause error, closing bool) {
 	}
 	if closing {
 		c.closed = errs.ErrClosed
-		c.inner.Close()
+		c.closeRaw()
 	}
+}
+
+// closeRaw ends every result set and statement, then closes the SQLite
+// connection (which refuses to close while a statement is open). c.mu is
+// held.
+func (c *conn) closeRaw() error {
+	for r := range c.rows {
+		r.abort(errs.ErrClosed)
+	}
+	for s := range c.stmts {
+		s.closed = true
+		s.s.Close()
+	}
+	c.stmts = nil
+	if c.raw == nil {
+		return nil
+	}
+	return c.raw.Close()
 }
 
 // enter locks the connection for one call and reports why it cannot run.
@@ -198,12 +223,30 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		return nil, err
 	}
 	defer c.mu.Unlock()
-	s, err := c.inner.PrepareContext(ctx, query)
-	if err != nil {
-		return nil, err
+	if old := c.raw.SetInterrupt(ctx); old != ctx {
+		defer c.raw.SetInterrupt(old)
 	}
-	ro := s.(interface{ ReadOnly() bool }).ReadOnly() && !beginsWriteTx(query)
-	return &stmt{c: c, inner: s, readOnly: ro}, nil
+	s, tail, err := c.raw.Prepare(query)
+	if err != nil {
+		return nil, c.prepareErr(err)
+	}
+	if s == nil {
+		return nil, errors.New("dqlite: empty statement")
+	}
+	if more, _, err := c.raw.Prepare(tail); more != nil || err != nil {
+		if more != nil {
+			more.Close()
+		}
+		s.Close()
+		return nil, fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
+	}
+	ro := s.ReadOnly() && !beginsWriteTx(query)
+	st := &stmt{c: c, s: s, readOnly: ro}
+	if c.stmts == nil {
+		c.stmts = map[*stmt]struct{}{}
+	}
+	c.stmts[st] = struct{}{}
+	return st, nil
 }
 
 // beginsWriteTx reports whether query starts with BEGIN IMMEDIATE or
@@ -236,7 +279,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	for tail := query; ; {
 		s, rest, err := c.raw.Prepare(tail)
 		if err != nil {
-			return nil, err
+			return nil, c.prepareErr(err)
 		}
 		if s == nil {
 			break
@@ -388,7 +431,7 @@ func (c *conn) Close() error {
 		return nil
 	}
 	c.closed = errs.ErrClosed
-	return c.inner.Close()
+	return c.closeRaw()
 }
 
 // ResetSession implements driver.SessionResetter. A transaction rolled
@@ -415,178 +458,3 @@ func (c *conn) IsValid() bool {
 	return c.closed == nil && c.db.Failed() == nil
 }
 
-// CheckNamedValue accepts what SQLite can bind.
-func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
-	return checkValue(nv)
-}
-
-func checkValue(nv *driver.NamedValue) error {
-	switch nv.Value.(type) {
-	case bool, int, int64, float64, string, []byte, time.Time, nil:
-		return nil
-	}
-	v, err := driver.DefaultParameterConverter.ConvertValue(nv.Value)
-	if err != nil {
-		return err
-	}
-	nv.Value = v
-	return nil
-}
-
-type stmt struct {
-	c        *conn
-	inner    driver.Stmt
-	readOnly bool
-}
-
-var (
-	_ driver.StmtExecContext   = (*stmt)(nil)
-	_ driver.StmtQueryContext  = (*stmt)(nil)
-	_ driver.NamedValueChecker = (*stmt)(nil)
-)
-
-func (s *stmt) Close() error {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	return s.inner.Close()
-}
-
-func (s *stmt) NumInput() int { return s.inner.NumInput() }
-
-func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error { return checkValue(nv) }
-
-func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
-	return s.ExecContext(context.Background(), named(args))
-}
-
-func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
-	return s.QueryContext(context.Background(), named(args))
-}
-
-func named(args []driver.Value) []driver.NamedValue {
-	nv := make([]driver.NamedValue, len(args))
-	for i, a := range args {
-		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
-	}
-	return nv
-}
-
-func (s *stmt) before() error {
-	if err := s.c.enter(); err != nil {
-		return err
-	}
-	if !s.readOnly {
-		if err := s.c.checkWrite(); err != nil {
-			s.c.mu.Unlock()
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	if err := s.before(); err != nil {
-		return nil, err
-	}
-	c := s.c
-	defer c.leave()
-	r, err := s.inner.(driver.StmtExecContext).ExecContext(ctx, args)
-	c.trackTx()
-	if err != nil {
-		return nil, c.mapErr(err)
-	}
-	if err := c.guardWriteLock(); err != nil {
-		return nil, err
-	}
-	if !s.readOnly {
-		c.committed()
-	}
-	return r, nil
-}
-
-func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	if err := s.before(); err != nil {
-		return nil, err
-	}
-	defer s.c.mu.Unlock()
-	r, err := s.inner.(driver.StmtQueryContext).QueryContext(ctx, args)
-	if err != nil {
-		return nil, s.c.mapErr(err)
-	}
-	rs := &rows{Rows: r, s: s}
-	if s.c.rows == nil {
-		s.c.rows = map[*rows]struct{}{}
-	}
-	s.c.rows[rs] = struct{}{}
-	return rs, nil
-}
-
-// rows maps errors of statements that write while they are stepped
-// (INSERT … RETURNING) and settles the database when they close.
-type rows struct {
-	driver.Rows
-	s       *stmt
-	aborted error // closed under the application, with this cause
-}
-
-// abort closes the result set under the application. c.mu is held.
-func (r *rows) abort(cause error) {
-	r.Rows.Close()
-	r.aborted = cause
-	delete(r.s.c.rows, r)
-}
-
-func (r *rows) Next(dest []driver.Value) error {
-	c := r.s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if r.aborted != nil {
-		return r.aborted
-	}
-	err := r.Rows.Next(dest)
-	if err != nil && !errors.Is(err, io.EOF) { // io.EOF ends the result set: nothing to map
-		return c.mapErr(err)
-	}
-	return err
-}
-
-func (r *rows) Close() error {
-	c := r.s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if r.aborted != nil {
-		return nil
-	}
-	delete(c.rows, r)
-	err := r.Rows.Close()
-	c.db.Settle(c.id)
-	c.trackTx()
-	if !r.s.readOnly {
-		if err != nil {
-			return c.mapErr(err)
-		}
-		c.committed()
-	}
-	return err
-}
-
-func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
-	if t, ok := r.Rows.(driver.RowsColumnTypeDatabaseTypeName); ok {
-		return t.ColumnTypeDatabaseTypeName(i)
-	}
-	return ""
-}
-
-func (r *rows) ColumnTypeNullable(i int) (nullable, ok bool) {
-	if t, ok := r.Rows.(driver.RowsColumnTypeNullable); ok {
-		return t.ColumnTypeNullable(i)
-	}
-	return false, false
-}
-
-func (r *rows) ColumnTypeScanType(i int) reflect.Type {
-	if t, ok := r.Rows.(driver.RowsColumnTypeScanType); ok {
-		return t.ColumnTypeScanType(i)
-	}
-	return reflect.TypeFor[any]()
-}

@@ -1,8 +1,11 @@
 // Package driver is dqlite's database/sql driver.
 //
-// It is registered as "dqlite". A data source name is the address of a node
-// running in this process and a database name, "127.0.0.1:9001/test.db";
-// dqlite.Node.Open does the same in one call and is the usual way in.
+// It is registered with database/sql as "godqlite" (Name): not "dqlite",
+// which programs using canonical/go-dqlite register themselves, nor
+// "sqlite3", which other SQLite drivers take. A data source name is the
+// address of a node running in this process and a database name,
+// "127.0.0.1:9001/test.db"; dqlite.Node.Open does the same in one call and
+// is the usual way in.
 //
 // Connections are SQLite connections (github.com/ncruces/go-sqlite3, no cgo)
 // to the node's local copy of the database, opened through the dqlite VFS.
@@ -19,6 +22,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
 )
@@ -31,6 +35,10 @@ type Backend interface {
 	// CheckLeader returns nil when this node may commit writes now, and
 	// otherwise an error matching ErrNotLeader (or ErrClosed).
 	CheckLeader() error
+	// CheckOpen returns ErrClosed once the node is closed.
+	CheckOpen() error
+	// BusyTimeout bounds how long a statement waits for a lock.
+	BusyTimeout() time.Duration
 	// Track registers a connection, so that the node can roll back its
 	// write transaction when leadership is lost and close it on shutdown.
 	Track(c Aborter) (id uint64, untrack func())
@@ -62,8 +70,11 @@ var (
 	_ driver.DriverContext = Driver{}
 )
 
+// Name is the driver's name in database/sql.
+const Name = "godqlite"
+
 func init() {
-	sql.Register("dqlite", Driver{})
+	sql.Register(Name, Driver{})
 }
 
 var (
@@ -106,7 +117,7 @@ func (Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	b := backends[addr]
 	backendsMu.Unlock()
 	if b == nil {
-		return nil, fmt.Errorf("dqlite: no node at %s in this process: %w", addr, errs.ErrClosed)
+		return nil, fmt.Errorf("%w: no node listens at %s in this process (data source name %q; a node is reachable by name only while it runs)", errs.ErrNoNode, addr, dsn)
 	}
 	return NewConnector(b, db), nil
 }

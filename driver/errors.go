@@ -1,11 +1,20 @@
 package driver
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/internal/errs"
+)
 
 var errReadOnlyTx = errors.New("dqlite: write in a read-only transaction")
 
-// mapErr replaces the I/O error SQLite reports for a failed replication by
-// its real cause, which the VFS left with the database.
+// mapErr replaces what SQLite reports by the real cause: for a failed
+// replication the cause the VFS left with the database, for a refused
+// statement the authorizer's reason, for a lock wait that gave up ErrBusy.
 func (c *conn) mapErr(err error) error {
 	if err == nil {
 		return nil
@@ -13,5 +22,66 @@ func (c *conn) mapErr(err error) error {
 	if cause := c.db.TakeError(c.id); cause != nil {
 		return cause
 	}
+	if c.refused != nil && errors.Is(err, sqlite3.AUTH) {
+		err, c.refused = c.refused, nil
+		return err
+	}
+	if errors.Is(err, sqlite3.BUSY) {
+		return fmt.Errorf("%w: no lock within the busy timeout of %v (%w)", errs.ErrBusy, c.busyTimeout, err)
+	}
 	return err
+}
+
+// prepareErr maps the error of preparing a statement.
+func (c *conn) prepareErr(err error) error {
+	err = c.mapErr(err)
+	c.refused = nil
+	return err
+}
+
+// authorize is the connection's SQLite authorizer. It runs while a
+// statement is prepared, before anything ran, and refuses what would write
+// outside the replicated WAL or break replication (DESIGN.md lists them):
+//
+//   - setting journal_mode (only WAL is replicated) or locking_mode
+//     (an exclusive lock keeps the node from applying the cluster's
+//     writes);
+//   - any change to an ATTACHed database: its file is local to this node.
+//
+// Reading attached databases, and the connection's own temp schema, stay
+// allowed on purpose, as does VACUUM INTO a local file (a backup).
+func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, schema, _ string) sqlite3.AuthorizerReturnCode {
+	refuse := func(format string, a ...any) sqlite3.AuthorizerReturnCode {
+		c.refused = fmt.Errorf("%w: "+format, append([]any{errs.ErrRefused}, a...)...)
+		return sqlite3.AUTH_DENY
+	}
+	switch action {
+	case sqlite3.AUTH_PRAGMA:
+		if name4 == "" {
+			return sqlite3.AUTH_OK // reading a pragma
+		}
+		switch strings.ToLower(name3) {
+		case "journal_mode":
+			return refuse("PRAGMA journal_mode=%s: a replicated database stays in WAL mode", name4)
+		case "locking_mode":
+			return refuse("PRAGMA locking_mode=%s: the node must be able to apply the cluster's writes", name4)
+		}
+	case sqlite3.AUTH_ALTER_TABLE:
+		if attached(name3) {
+			return refuse("ALTER TABLE in attached database %q: attached files are not replicated", name3)
+		}
+	case sqlite3.AUTH_INSERT, sqlite3.AUTH_UPDATE, sqlite3.AUTH_DELETE,
+		sqlite3.AUTH_CREATE_TABLE, sqlite3.AUTH_CREATE_INDEX, sqlite3.AUTH_CREATE_TRIGGER, sqlite3.AUTH_CREATE_VIEW,
+		sqlite3.AUTH_DROP_TABLE, sqlite3.AUTH_DROP_INDEX, sqlite3.AUTH_DROP_TRIGGER, sqlite3.AUTH_DROP_VIEW,
+		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE, sqlite3.AUTH_REINDEX, sqlite3.AUTH_ANALYZE:
+		if attached(schema) {
+			return refuse("writing to attached database %q: attached files are not replicated", schema)
+		}
+	}
+	return sqlite3.AUTH_OK
+}
+
+// attached reports whether schema names an ATTACHed database.
+func attached(schema string) bool {
+	return schema != "" && !strings.EqualFold(schema, "main") && !strings.EqualFold(schema, "temp")
 }

@@ -3,10 +3,7 @@
 // whichever layer returned the error.
 package errs
 
-import (
-	"errors"
-	"fmt"
-)
+import "errors"
 
 var (
 	ErrNotLeader      = errors.New("dqlite: not the leader")
@@ -16,24 +13,13 @@ var (
 	ErrTxTooLarge     = errors.New("dqlite: transaction too large")
 	ErrDiverged       = errors.New("dqlite: database diverged from the cluster")
 	ErrNoDatabase     = errors.New("dqlite: no such database")
+	ErrRefused        = errors.New("dqlite: statement refused")
+	ErrBusy           = errors.New("dqlite: database is busy")
+	ErrInvalidName    = errors.New("dqlite: invalid database name")
+	ErrNoLeader       = errors.New("dqlite: no leader")
+	ErrNeedsRecovery  = errors.New("dqlite: data directory needs an operator's decision")
+	ErrNoNode         = errors.New("dqlite: no such node in this process")
 )
-
-// NotLeaderError is returned when a write reaches a node that is not the
-// leader. It matches ErrNotLeader with errors.Is.
-type NotLeaderError struct {
-	LeaderID      uint64 // 0 when no leader is known
-	LeaderAddress string // "" when no leader is known
-}
-
-func (e *NotLeaderError) Error() string {
-	if e.LeaderAddress == "" {
-		return "dqlite: not the leader (no leader known)"
-	}
-	return fmt.Sprintf("dqlite: not the leader (leader is node %d at %s)", e.LeaderID, e.LeaderAddress)
-}
-
-// Is makes errors.Is(err, ErrNotLeader) hold.
-func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
 
 // ErrDirInUse is returned when another node holds the data directory.
 var ErrDirInUse = errors.New("dqlite: data directory is in use by another node")

@@ -45,10 +45,11 @@ type FSM struct {
 	dir  string
 	opts Options
 
-	mu      sync.Mutex
-	dbs     map[string]*DB
-	changed chan struct{} // closed when a database is created
-	closed  bool
+	mu       sync.Mutex
+	dbs      map[string]*DB
+	openErrs map[string]error // databases this node could not open, and why
+	changed  chan struct{}    // closed when a database is created
+	closed   bool
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -62,7 +63,40 @@ func New(dir string, opts Options) (*FSM, error) {
 		return nil, err
 	}
 	opts.stopping = new(atomic.Bool)
-	return &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, changed: make(chan struct{})}, nil
+	return &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
+		changed: make(chan struct{})}, nil
+}
+
+// DatabaseFiles lists the files in dir that hold database content: SQLite
+// database files and non-empty WALs.
+func DatabaseFiles(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || slices.Contains(reservedNames, name) {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if strings.HasSuffix(name, "-wal") {
+			if st, err := os.Stat(p); err == nil && st.Size() > 0 {
+				files = append(files, name)
+			}
+		} else if isSQLite(p) {
+			files = append(files, name)
+		}
+	}
+	return files
+}
+
+// OpenError returns why this node could not open database name, or nil.
+func (f *FSM) OpenError(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.openErrs[name]
 }
 
 func removeDatabases(dir string) error {
@@ -162,6 +196,22 @@ func (f *FSM) Close() error {
 	return errors.Join(errList...)
 }
 
+// removeStale removes what an earlier run left of database name. f.mu is
+// held.
+func (f *FSM) removeStale(name string) error {
+	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+		p := filepath.Join(f.dir, name+suffix)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		f.opts.Logger.Warn("replacing a file this node cannot trust by the cluster's copy", "file", p)
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
 func (f *FSM) open(name string, pageSize uint32) (*DB, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -174,10 +224,23 @@ func (f *FSM) open(name string, pageSize uint32) (*DB, error) {
 		}
 		return d, nil
 	}
-	d, err := openDB(f.dir, name, pageSize, &f.opts)
-	if err != nil {
+	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
+	// Every database is rebuilt from the snapshot and the log: a file
+	// here is one New did not recognise as a database (a damaged header,
+	// say). It cannot be trusted; the cluster's copy replaces it.
+	if err := f.removeStale(name); err != nil {
+		f.openErrs[name] = err
+		return nil, err
+	}
+	d, err := openDB(f.dir, name, pageSize, &f.opts)
+	if err != nil {
+		err = fmt.Errorf("%w: this node cannot open %s: %v; restart it to rebuild the database from the cluster", errs.ErrDiverged, name, err)
+		f.openErrs[name] = err
+		return nil, err
+	}
+	delete(f.openErrs, name)
 	f.dbs[name] = d
 	close(f.changed)
 	f.changed = make(chan struct{})
@@ -203,6 +266,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	case *command.Frames:
 		d := f.Database(c.Database)
 		if d == nil {
+			if err := f.OpenError(c.Database); err != nil {
+				return err // logged when the open failed
+			}
 			err := fmt.Errorf("%w: %s at index %d", errs.ErrNoDatabase, c.Database, l.Index)
 			f.opts.Logger.Error("cannot apply frames", "err", err)
 			return err
