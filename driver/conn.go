@@ -29,13 +29,14 @@ type conn struct {
 	raw     *sqlite3.Conn
 	untrack func()
 
-	doomed  error              // the transaction was rolled back under the application
-	rows    map[*rows]struct{} // open result sets
-	stmts   map[*stmt]struct{} // open prepared statements
-	closed  error              // the node closed this connection, or it never opened
-	inTx    bool
-	roTx    bool  // the transaction was begun read-only
-	refused error // why the authorizer denied the statement being prepared
+	doomed    error              // the transaction was rolled back under the application
+	rows      map[*rows]struct{} // open result sets
+	stmts     map[*stmt]struct{} // open prepared statements
+	closed    error              // the node closed this connection, or it never opened
+	inTx      bool
+	roTx      bool  // the transaction was begun read-only
+	refused   error // why the authorizer denied the statement being prepared
+	vacuuming bool  // a VACUUM statement runs: its own attached database may be written
 
 	busySince   time.Time // when the current wait for a lock began
 	busyTimeout time.Duration
@@ -290,7 +291,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 				return nil, err
 			}
 		}
+		c.vacuuming = isVacuum(s.SQL())
 		err = s.Exec()
+		c.vacuuming = false
 		s.Close()
 		c.trackTx()
 		if err != nil {
@@ -457,4 +460,3 @@ func (c *conn) IsValid() bool {
 	defer c.mu.Unlock()
 	return c.closed == nil && c.db.Failed() == nil
 }
-

@@ -74,11 +74,19 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		sqlite3.AUTH_CREATE_TABLE, sqlite3.AUTH_CREATE_INDEX, sqlite3.AUTH_CREATE_TRIGGER, sqlite3.AUTH_CREATE_VIEW,
 		sqlite3.AUTH_DROP_TABLE, sqlite3.AUTH_DROP_INDEX, sqlite3.AUTH_DROP_TRIGGER, sqlite3.AUTH_DROP_VIEW,
 		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE, sqlite3.AUTH_REINDEX, sqlite3.AUTH_ANALYZE:
-		if attached(schema) {
+		if attached(schema) && !(c.vacuuming && strings.HasPrefix(schema, "vacuum_")) {
 			return refuse("writing to attached database %q: attached files are not replicated", schema)
 		}
 	}
 	return sqlite3.AUTH_OK
+}
+
+// isVacuum reports whether query is a VACUUM statement, which SQLite runs
+// by writing to a database it attaches itself ("vacuum_…") when it has an
+// INTO clause.
+func isVacuum(query string) bool {
+	f := strings.Fields(query)
+	return len(f) > 0 && strings.EqualFold(strings.TrimRight(f[0], ";"), "VACUUM")
 }
 
 // attached reports whether schema names an ATTACHed database.

@@ -161,7 +161,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
+	c.vacuuming = isVacuum(s.s.SQL())
 	err := s.s.Exec()
+	c.vacuuming = false
 	c.trackTx()
 	if err != nil {
 		return nil, c.mapErr(err)

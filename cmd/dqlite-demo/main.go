@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o := options{}
 	fs.DurationVar(&o.duration, "duration", 60*time.Second, "how long the nodes insert and die before the final check")
 	fs.IntVar(&o.nodes, "nodes", 3, "number of nodes")
-	fs.StringVar(&o.dir, "dir", os.TempDir(), "where the data directories dqlite-demo-N are created")
+	fs.StringVar(&o.dir, "dir", os.TempDir(), "where the data directories dqlite-demo-N are created (those of an earlier run are deleted first)")
 	fs.DurationVar(&o.minLife, "min-life", 4*time.Second, "shortest time a node runs before it is killed")
 	fs.DurationVar(&o.maxLife, "max-life", 12*time.Second, "longest time a node runs before it is killed")
 	fs.DurationVar(&o.pause, "pause", 1500*time.Millisecond, "how long a killed node stays down")

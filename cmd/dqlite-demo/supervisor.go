@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -61,10 +63,7 @@ func newSupervisor(o options, out io.Writer) (*supervisor, error) {
 	var peers []string
 	for i := range o.nodes {
 		dir := filepath.Join(o.dir, fmt.Sprintf("dqlite-demo-%d", i+1))
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := freshDir(dir, out); err != nil {
 			return nil, err
 		}
 		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -302,4 +301,33 @@ func (s *supervisor) stopAll() {
 	for _, f := range s.files {
 		f.Close()
 	}
+}
+
+// demoMarker marks a directory the demo created, which a later run may
+// delete.
+const demoMarker = ".dqlite-demo"
+
+// freshDir makes dir an empty data directory. It deletes only what an
+// earlier run of the demo left there, and says so; any other non-empty
+// directory is an error.
+func freshDir(dir string, out io.Writer) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	case len(entries) == 0:
+	default:
+		if _, err := os.Stat(filepath.Join(dir, demoMarker)); err != nil {
+			return fmt.Errorf("%s holds files the demo did not create: choose another -dir", dir)
+		}
+		fmt.Fprintf(out, "removing %s, left by an earlier run of the demo\n", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, demoMarker), nil, 0o644)
 }
