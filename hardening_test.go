@@ -334,3 +334,18 @@ func freePorts(t *testing.T, n int) []string {
 	}
 	return addrs
 }
+
+// Closing a cluster normally logs no error.
+func TestNode_CloseLogsNoError(t *testing.T) {
+	var logs syncBuffer
+	c := newCluster(t, 3, func(cfg *Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelError}))
+	})
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)`)
+	c.check("test.db", `SELECT id FROM t`, nil)
+	c.close()
+	if s := logs.String(); s != "" {
+		t.Errorf("a normal Close logged errors:\n%s", s)
+	}
+}

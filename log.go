@@ -2,8 +2,10 @@ package dqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -25,6 +27,11 @@ func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 		lv = slog.LevelDebug
 	case level == hclog.Warn:
 		lv = slog.LevelWarn
+	case level >= hclog.Error && closedConn(args):
+		// The node closed its own connection: Raft's transport reports
+		// the read it was blocked in as an error, but this is how a
+		// normal Close (or a dropped peer stream) ends.
+		lv = slog.LevelDebug
 	case level >= hclog.Error:
 		lv = slog.LevelError
 	}
@@ -51,4 +58,15 @@ func (h *hclogger) Named(name string) hclog.Logger {
 }
 func (h *hclogger) With(args ...any) hclog.Logger {
 	return &hclogger{Logger: h.Logger, l: h.l.With(args...)}
+}
+
+// closedConn reports whether a log line's arguments carry an error from a
+// network connection that this process closed.
+func closedConn(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, net.ErrClosed) {
+			return true
+		}
+	}
+	return false
 }
