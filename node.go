@@ -310,20 +310,35 @@ func (n *Node) peersReport() string {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		}
 	}
+	self := strconv.FormatUint(uint64(n.cfg.ID), 10)
+	results := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		if string(s.ID) == self {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			c, err := dial(ctx, string(s.Address))
+			if err == nil {
+				c.Close()
+			}
+			results[i] = err
+		}()
+	}
+	wg.Wait()
 	var down, up []string
-	for _, s := range servers {
-		if string(s.ID) == strconv.FormatUint(uint64(n.cfg.ID), 10) {
-			continue
+	for i, s := range servers {
+		switch {
+		case string(s.ID) == self:
+		case results[i] != nil:
+			down = append(down, fmt.Sprintf("node %s at %s (%v)", s.ID, s.Address, results[i]))
+		default:
+			up = append(up, fmt.Sprintf("node %s at %s", s.ID, s.Address))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := dial(ctx, string(s.Address))
-		cancel()
-		if err != nil {
-			down = append(down, fmt.Sprintf("node %s at %s (%v)", s.ID, s.Address, err))
-			continue
-		}
-		c.Close()
-		up = append(up, fmt.Sprintf("node %s at %s", s.ID, s.Address))
 	}
 	switch {
 	case len(servers) == 1:
@@ -393,7 +408,7 @@ func (n *Node) propose(cmd []byte) error {
 		// applied, no later transaction may be built: its pages would
 		// not include this one's.
 		n.unready()
-		return fmt.Errorf("%w: no quorum within %v", ErrNoQuorum, n.cfg.ApplyTimeout)
+		return fmt.Errorf("%w: no quorum within %v; %s", ErrNoQuorum, n.cfg.ApplyTimeout, n.peersReport())
 	}
 }
 
