@@ -1,6 +1,7 @@
 package dqlite
 
 import (
+	"errors"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -16,15 +17,16 @@ func walBound(pageSize, frames int) int64 {
 
 func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 	if testing.Short() {
-		t.Skip("commits 50k transactions")
+		t.Skip("commits 20k transactions")
 	}
 	if raceEnabled {
 		t.Skip("measures a size bound, which the run without -race checks; the race detector slows commits tenfold")
 	}
-	txs := 50000
+	txs := 20000 // 20 times CheckpointFrames
 	c := newCluster(t, 3)
 	l := c.waitLeader()
 	db := c.db(l, "test.db")
+	leaderChanges := 0
 	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, r INT)`)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -71,10 +73,16 @@ func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 	start := time.Now()
 	for id := int64(1); id <= int64(txs); id++ {
 		_, err := db.Exec(`INSERT INTO t VALUES (?, 'v', random())`, id)
-		if err != nil {
-			t.Fatalf("insert %d: %v", id, err)
-		}
 		o.record(id, err)
+		if err != nil {
+			// On a loaded machine a leader may miss its lease: what
+			// this test measures goes on with the next leader.
+			if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrNotLeader) {
+				t.Fatalf("insert %d: %v", id, err)
+			}
+			leaderChanges++
+			db = c.db(c.waitLeader(), "test.db")
+		}
 	}
 	elapsed := time.Since(start)
 	close(stop)
@@ -86,6 +94,7 @@ func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 			t.Errorf("node %d: WAL reached %d bytes, over the bound of %d", i+1, maxWAL[i].Load(), bound)
 		}
 	}
-	t.Logf("%d transactions in %v (%.0f tx/s), %d reads", txs, elapsed.Round(time.Millisecond), float64(txs)/elapsed.Seconds(), reads.Load())
+	t.Logf("%d transactions in %v (%.0f tx/s), %d reads, %d leader changes", txs, elapsed.Round(time.Millisecond),
+		float64(txs)/elapsed.Seconds(), reads.Load(), leaderChanges)
 	c.check("test.db", `SELECT id FROM t`, o)
 }
