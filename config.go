@@ -32,7 +32,9 @@ type Config struct {
 	Dir string
 	// Cluster, when set on a node with no state yet, bootstraps a new
 	// cluster of these peers, which must include this node. It is ignored
-	// when the directory already holds Raft state.
+	// when the directory already holds Raft state. A directory with
+	// databases but no Raft state is never bootstrapped over: New fails
+	// with ErrNeedsRecovery.
 	Cluster []Peer
 
 	// ApplyTimeout bounds how long a commit waits for a Raft quorum.

@@ -29,6 +29,9 @@
 //     unknown": the transaction is then either on every node or on none,
 //     and the cluster settles which once a quorum is back. Other errors
 //     mean nothing was written.
+//   - Keep writes inside the replicated database: a write to an ATTACHed
+//     file, or a change of journal_mode or locking_mode, would not reach
+//     the other nodes and fails with ErrRefused before it runs.
 //   - Close the node when done: open transactions are rolled back and the
 //     files closed.
 //

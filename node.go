@@ -234,7 +234,7 @@ func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
 }
 
 func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
-	if err := fsm.ValidateName(name); err != nil {
+	if err := n.fsm.CheckName(name); err != nil {
 		return nil, err
 	}
 	if _, ok := ctx.Deadline(); !ok {

@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +35,7 @@ type conn struct {
 	inTx      bool
 	roTx      bool  // the transaction was begun read-only
 	refused   error // why the authorizer denied the statement being prepared
-	vacuuming bool  // a VACUUM statement runs: its own attached database may be written
+	running   string // first keyword of the statement being prepared or run, for the authorizer
 
 	busySince   time.Time // when the current wait for a lock began
 	busyTimeout time.Duration
@@ -202,7 +201,7 @@ func (c *conn) guardWriteLock() error {
 	}
 	if err := c.checkWrite(); err != nil {
 		c.raw.Exec(`ROLLBACK`)
-		c.trackTx()
+		c.trackTx("", err)
 		return err
 	}
 	return nil
@@ -227,6 +226,8 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
+	c.running = firstKeyword(query)
+	defer func() { c.running = "" }()
 	s, tail, err := c.raw.Prepare(query)
 	if err != nil {
 		return nil, c.prepareErr(err)
@@ -242,7 +243,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		return nil, fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
 	}
 	ro := s.ReadOnly() && !beginsWriteTx(query)
-	st := &stmt{c: c, s: s, readOnly: ro}
+	st := &stmt{c: c, s: s, readOnly: ro, numInput: s.BindCount(), kind: c.running}
 	if c.stmts == nil {
 		c.stmts = map[*stmt]struct{}{}
 	}
@@ -254,9 +255,58 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // EXCLUSIVE, which SQLite calls read-only but which take the write lock: on
 // a follower that lock belongs to the FSM.
 func beginsWriteTx(query string) bool {
-	f := strings.Fields(strings.ToUpper(query))
-	return len(f) >= 2 && f[0] == "BEGIN" && (f[1] == "IMMEDIATE" || f[1] == "EXCLUSIVE" ||
-		strings.HasPrefix(f[1], "IMMEDIATE;") || strings.HasPrefix(f[1], "EXCLUSIVE;"))
+	f := keywords(query, 2)
+	return len(f) == 2 && f[0] == "BEGIN" && (f[1] == "IMMEDIATE" || f[1] == "EXCLUSIVE")
+}
+
+// endsTx reports whether query starts with COMMIT, END or ROLLBACK (not
+// ROLLBACK TO a savepoint): a statement that ends a transaction on purpose.
+func endsTx(query string) bool {
+	f := keywords(query, 3)
+	switch {
+	case len(f) == 0:
+		return false
+	case f[0] == "COMMIT" || f[0] == "END":
+		return true
+	case f[0] == "ROLLBACK":
+		return !(len(f) > 1 && f[1] == "TO") && !(len(f) > 2 && f[1] == "TRANSACTION" && f[2] == "TO")
+	}
+	return false
+}
+
+// keywords returns up to n leading words of query, upper-cased, skipping
+// white space and comments; a semicolon ends the words.
+func keywords(query string, n int) []string {
+	var words []string
+	for len(words) < n {
+		query = strings.TrimLeft(query, " \t\r\n\f\v")
+		switch {
+		case strings.HasPrefix(query, "--"):
+			if i := strings.IndexByte(query, '\n'); i >= 0 {
+				query = query[i+1:]
+				continue
+			}
+			return words
+		case strings.HasPrefix(query, "/*"):
+			if i := strings.Index(query[2:], "*/"); i >= 0 {
+				query = query[i+4:]
+				continue
+			}
+			return words
+		}
+		end := strings.IndexFunc(query, func(r rune) bool {
+			return r == ' ' || r == '\t' || r == '\r' || r == '\n' || r == '\f' || r == '\v' || r == ';' || r == '-' || r == '/'
+		})
+		if end < 0 {
+			end = len(query)
+		}
+		if end == 0 {
+			return words
+		}
+		words = append(words, strings.ToUpper(query[:end]))
+		query = query[end:]
+	}
+	return words
 }
 
 // ExecContext runs a script of statements without arguments, checking each
@@ -265,8 +315,8 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if len(args) != 0 {
 		return nil, driver.ErrSkip
 	}
-	if c.endDoomedByText(query) {
-		return result{}, nil
+	if ended, err := c.endDoomedByText(query); ended {
+		return result{}, err
 	}
 	if err := c.enter(); err != nil {
 		return nil, err
@@ -276,8 +326,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		defer c.raw.SetInterrupt(old)
 	}
 	c.raw.SetLastInsertRowID(0)
+	defer func() { c.running = "" }()
 	var changes int64
 	for tail := query; ; {
+		c.running = firstKeyword(tail)
 		s, rest, err := c.raw.Prepare(tail)
 		if err != nil {
 			return nil, c.prepareErr(err)
@@ -291,29 +343,47 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 				return nil, err
 			}
 		}
-		c.vacuuming = isVacuum(s.SQL())
+		total := c.raw.TotalChanges()
 		err = s.Exec()
-		c.vacuuming = false
+		c.running = ""
 		s.Close()
-		c.trackTx()
 		if err != nil {
-			return nil, c.mapErr(err)
+			err = c.mapErr(err)
+		}
+		c.trackTx(tail, err)
+		if err != nil {
+			return nil, err
 		}
 		if err := c.guardWriteLock(); err != nil {
 			return nil, err
 		}
-		changes += c.raw.Changes()
+		if c.raw.TotalChanges() != total {
+			changes += c.raw.Changes() // only INSERT, UPDATE and DELETE set it
+		}
 		tail = rest
 	}
 	c.committed()
 	return result{c.raw.LastInsertRowID(), changes}, nil
 }
 
-// trackTx follows transactions begun or ended by SQL text.
-func (c *conn) trackTx() {
+// trackTx follows the transaction after a statement (query, which
+// returned err) ran: one begun or ended by SQL text, or one that SQLite
+// rolled back on its own after an error (an interrupt, INSERT OR ROLLBACK,
+// RAISE(ROLLBACK), a full disk) or that guardWriteLock rolled back. The
+// rest of such a transaction must not run as autocommit statements: it is
+// doomed, and its later statements and its Commit return the cause.
+func (c *conn) trackTx(query string, err error) {
+	was := c.inTx
 	c.inTx = !c.raw.GetAutocommit()
-	if !c.inTx {
-		c.roTx = false
+	if c.inTx {
+		return
+	}
+	c.roTx = false
+	if was && !endsTx(query) {
+		if err == nil {
+			err = errors.New("dqlite: the transaction ended without COMMIT or ROLLBACK")
+		}
+		c.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", err)
 	}
 }
 
@@ -348,7 +418,10 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		begin = `BEGIN IMMEDIATE`
 	}
 	if err := c.raw.Exec(begin); err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.mapErr(err)
 	}
 	c.inTx, c.roTx = true, opts.ReadOnly
 	return tx{c}, nil
@@ -396,21 +469,25 @@ func (t tx) Rollback() error {
 	return err
 }
 
-// endDoomedByText lets a ROLLBACK written as SQL end a transaction that
-// was already rolled back under the application.
-func (c *conn) endDoomedByText(query string) bool {
-	f := strings.Fields(strings.ToUpper(strings.TrimRight(strings.TrimSpace(query), ";")))
-	if len(f) == 0 || f[0] != "ROLLBACK" || slices.Contains(f, "TO") {
-		return false
+// endDoomedByText lets a ROLLBACK, COMMIT or END written as SQL end a
+// transaction that was already rolled back under the application: ROLLBACK
+// succeeds, COMMIT and END return why the transaction is gone.
+func (c *conn) endDoomedByText(query string) (bool, error) {
+	if !endsTx(query) {
+		return false, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.doomed == nil {
-		return false
+		return false, nil
 	}
+	err := c.doomed
 	c.doomed = nil
 	c.inTx, c.roTx = false, false
-	return true
+	if keywords(query, 1)[0] == "ROLLBACK" {
+		err = nil
+	}
+	return true, err
 }
 
 // endDoomed ends a transaction that was rolled back under the application.

@@ -46,10 +46,12 @@ func (c *conn) prepareErr(err error) error {
 //   - setting journal_mode (only WAL is replicated) or locking_mode
 //     (an exclusive lock keeps the node from applying the cluster's
 //     writes);
-//   - any change to an ATTACHed database: its file is local to this node.
+//   - any change to the content, schema or pragmas of an ATTACHed
+//     database: its file is local to this node.
 //
 // Reading attached databases, and the connection's own temp schema, stay
-// allowed on purpose, as does VACUUM INTO a local file (a backup).
+// allowed on purpose, as do VACUUM INTO a local file (a backup) and
+// ANALYZE and REINDEX (which change no content).
 func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, schema, _ string) sqlite3.AuthorizerReturnCode {
 	refuse := func(format string, a ...any) sqlite3.AuthorizerReturnCode {
 		c.refused = fmt.Errorf("%w: "+format, append([]any{errs.ErrRefused}, a...)...)
@@ -59,6 +61,9 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 	case sqlite3.AUTH_PRAGMA:
 		if name4 == "" {
 			return sqlite3.AUTH_OK // reading a pragma
+		}
+		if attached(schema) {
+			return refuse("PRAGMA %s.%s=%s: attached files are not replicated", schema, name3, name4)
 		}
 		switch strings.ToLower(name3) {
 		case "journal_mode":
@@ -73,20 +78,27 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 	case sqlite3.AUTH_INSERT, sqlite3.AUTH_UPDATE, sqlite3.AUTH_DELETE,
 		sqlite3.AUTH_CREATE_TABLE, sqlite3.AUTH_CREATE_INDEX, sqlite3.AUTH_CREATE_TRIGGER, sqlite3.AUTH_CREATE_VIEW,
 		sqlite3.AUTH_DROP_TABLE, sqlite3.AUTH_DROP_INDEX, sqlite3.AUTH_DROP_TRIGGER, sqlite3.AUTH_DROP_VIEW,
-		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE, sqlite3.AUTH_REINDEX, sqlite3.AUTH_ANALYZE:
-		if attached(schema) && !(c.vacuuming && strings.HasPrefix(schema, "vacuum_")) {
+		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE:
+		switch {
+		case !attached(schema):
+		case c.running == "VACUUM" && strings.HasPrefix(schema, "vacuum_"): // VACUUM INTO's own target
+		case c.running == "ANALYZE", strings.HasPrefix(strings.ToLower(name3), "sqlite_stat"): // statistics only
+		default:
 			return refuse("writing to attached database %q: attached files are not replicated", schema)
 		}
 	}
 	return sqlite3.AUTH_OK
 }
 
-// isVacuum reports whether query is a VACUUM statement, which SQLite runs
-// by writing to a database it attaches itself ("vacuum_…") when it has an
-// INTO clause.
-func isVacuum(query string) bool {
-	f := strings.Fields(query)
-	return len(f) > 0 && strings.EqualFold(strings.TrimRight(f[0], ";"), "VACUUM")
+// firstKeyword returns the first word of query, upper-cased, past white
+// space and comments. The authorizer lets VACUUM write to the database it
+// attaches itself for VACUUM INTO ("vacuum_…"), and ANALYZE write its
+// statistics into attached files.
+func firstKeyword(query string) string {
+	if f := keywords(query, 1); len(f) == 1 {
+		return f[0]
+	}
+	return ""
 }
 
 // attached reports whether schema names an ATTACHed database.

@@ -32,10 +32,17 @@ func checkValue(nv *driver.NamedValue) error {
 }
 
 // stmt is one prepared SQLite statement of a connection.
+//
+// Everything database/sql may call without the connection's lock
+// (NumInput, and the rows' Columns and column types) is read once, under
+// the lock, and kept: the node may close the SQLite connection at any
+// moment (Node.Close), after which the statement must not be touched.
 type stmt struct {
 	c        *conn
 	s        *sqlite3.Stmt
 	readOnly bool
+	kind     string // its first keyword, for the authorizer
+	numInput int
 	closed   bool
 }
 
@@ -55,11 +62,16 @@ func (s *stmt) Close() error {
 	if s.c.closed != nil {
 		return nil // closed with its connection
 	}
+	for r := range s.c.rows {
+		if r.s == s {
+			r.abort(errors.New("dqlite: the statement of these rows is closed"))
+		}
+	}
 	delete(s.c.stmts, s)
 	return s.s.Close()
 }
 
-func (s *stmt) NumInput() int { return s.s.BindCount() }
+func (s *stmt) NumInput() int { return s.numInput }
 
 func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error { return checkValue(nv) }
 
@@ -161,12 +173,17 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
-	c.vacuuming = isVacuum(s.s.SQL())
+	c.running = s.kind
+	c.raw.SetLastInsertRowID(0)
+	total := c.raw.TotalChanges()
 	err := s.s.Exec()
-	c.vacuuming = false
-	c.trackTx()
+	c.running = ""
 	if err != nil {
-		return nil, c.mapErr(err)
+		err = c.mapErr(err)
+	}
+	c.trackTx(s.s.SQL(), err)
+	if err != nil {
+		return nil, err
 	}
 	if err := c.guardWriteLock(); err != nil {
 		return nil, err
@@ -174,7 +191,11 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if !s.readOnly {
 		c.committed()
 	}
-	return result{c.raw.LastInsertRowID(), c.raw.Changes()}, nil
+	var changes int64
+	if c.raw.TotalChanges() != total {
+		changes = c.raw.Changes() // only INSERT, UPDATE and DELETE set it
+	}
+	return result{c.raw.LastInsertRowID(), changes}, nil
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -183,6 +204,14 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	}
 	defer s.c.mu.Unlock()
 	rs := &rows{s: s, ctx: ctx}
+	n := s.s.ColumnCount()
+	rs.cols, rs.decl = make([]string, n), make([]kind, n)
+	rs.declNames = make([]string, n)
+	for i := range n {
+		rs.cols[i] = s.s.ColumnName(i)
+		rs.declNames[i] = strings.ToUpper(s.s.ColumnDeclType(i))
+		rs.decl[i] = affinity(rs.declNames[i])
+	}
 	if s.c.rows == nil {
 		s.c.rows = map[*rows]struct{}{}
 	}
@@ -194,10 +223,13 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 // that write while they are stepped (INSERT … RETURNING) and settles the
 // database when it closes.
 type rows struct {
-	s       *stmt
-	ctx     context.Context
-	aborted error // closed under the application, with this cause
-	done    bool
+	s         *stmt
+	ctx       context.Context
+	cols      []string // column names
+	declNames []string // declared types, upper-cased
+	decl      []kind   // what each declared type reads back as
+	aborted   error    // closed under the application, with this cause
+	done      bool
 }
 
 var (
@@ -207,18 +239,13 @@ var (
 
 // abort ends the result set under the application. c.mu is held.
 func (r *rows) abort(cause error) {
-	r.s.s.Reset()
+	r.s.s.Reset()                // may end an autocommit write, whose commit then fails:
+	r.s.c.db.TakeError(r.s.c.id) // its cause is this abort's, not a later statement's
 	r.aborted = cause
 	delete(r.s.c.rows, r)
 }
 
-func (r *rows) Columns() []string {
-	names := make([]string, r.s.s.ColumnCount())
-	for i := range names {
-		names[i] = r.s.s.ColumnName(i)
-	}
-	return names
-}
+func (r *rows) Columns() []string { return r.cols }
 
 func (r *rows) Next(dest []driver.Value) error {
 	c := r.s.c
@@ -242,7 +269,7 @@ func (r *rows) Next(dest []driver.Value) error {
 		return io.EOF
 	}
 	for i := range dest {
-		dest[i] = columnValue(st, i)
+		dest[i] = columnValue(st, i, r.decl[i])
 	}
 	return nil
 }
@@ -264,34 +291,45 @@ func (r *rows) Close() error {
 	if c.closed != nil {
 		return nil
 	}
-	c.trackTx()
-	if !r.s.readOnly {
-		if err != nil {
-			return c.mapErr(err)
-		}
+	if err != nil {
+		err = c.mapErr(err)
+	}
+	c.trackTx(r.s.s.SQL(), err)
+	if !r.s.readOnly && err == nil {
 		c.committed()
 	}
 	return err
 }
 
-// columnValue reads column i of the current row as a driver.Value. A
-// column declared as a date or time type that holds text SQLite's date
-// functions understand, or text written from a time.Time, reads back as a
-// time.Time; a BOOLEAN column holding 0 or 1 reads back as a bool.
-func columnValue(st *sqlite3.Stmt, i int) driver.Value {
+// columnValue reads column i of the current row as a driver.Value, given
+// what its declared type reads back as. Text in a column declared as a
+// date or time type, in a form time.Time binds as or SQLite's date
+// functions write, reads back as a time.Time, and so does an integer there
+// (Unix seconds); so does text in an expression column (no declared type)
+// that is exactly what a time.Time binds as. A BOOLEAN column holding 0 or
+// 1 reads back as a bool.
+func columnValue(st *sqlite3.Stmt, i int, k kind) driver.Value {
 	switch st.ColumnType(i) {
 	case sqlite3.INTEGER:
 		v := st.ColumnInt64(i)
-		if (v == 0 || v == 1) && affinity(st.ColumnDeclType(i)) == kindBool {
+		switch {
+		case k == kindBool && (v == 0 || v == 1):
 			return v == 1
+		case k == kindTime:
+			return time.Unix(v, 0).UTC()
 		}
 		return v
 	case sqlite3.FLOAT:
 		return st.ColumnFloat(i)
 	case sqlite3.TEXT:
 		v := st.ColumnText(i)
-		if affinity(st.ColumnDeclType(i)) == kindTime {
+		switch k {
+		case kindTime:
 			if t, ok := parseTime(v); ok {
+				return t
+			}
+		case kindAny:
+			if t, ok := boundTime(v); ok {
 				return t
 			}
 		}
@@ -300,6 +338,20 @@ func columnValue(st *sqlite3.Stmt, i int) driver.Value {
 		return st.ColumnBlob(i, []byte{})
 	}
 	return nil
+}
+
+// boundTime reads text that a time.Time was bound as: RFC 3339 with
+// nanoseconds, and only if formatting the time again gives the same text,
+// so that scanning it into a string still gives the text.
+func boundTime(s string) (time.Time, bool) {
+	if len(s) < len("2006-01-02T15:04:05Z") || len(s) > len(time.RFC3339Nano) || s[4] != '-' || s[10] != 'T' {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Format(time.RFC3339Nano) != s {
+		return time.Time{}, false
+	}
+	return t, true
 }
 
 type kind int
@@ -357,12 +409,10 @@ func parseTime(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
-	return strings.ToUpper(r.s.s.ColumnDeclType(i))
-}
+func (r *rows) ColumnTypeDatabaseTypeName(i int) string { return r.declNames[i] }
 
 func (r *rows) ColumnTypeScanType(i int) reflect.Type {
-	switch affinity(r.s.s.ColumnDeclType(i)) {
+	switch r.decl[i] {
 	case kindInt:
 		return reflect.TypeFor[int64]()
 	case kindFloat:

@@ -196,13 +196,47 @@ func (f *FSM) Close() error {
 	return errors.Join(errList...)
 }
 
-// removeStale removes what an earlier run left of database name. f.mu is
-// held.
+// CheckName returns an error if name cannot be a new database next to
+// the existing ones.
+func (f *FSM) CheckName(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dbs[name] != nil {
+		return nil
+	}
+	return f.clash(name)
+}
+
+// clash refuses a name that differs from an existing database's only in
+// case: the same file on macOS and Windows, two files on Linux, so nodes on
+// different systems would diverge. f.mu is held.
+func (f *FSM) clash(name string) error {
+	for other := range f.dbs {
+		if other != name && strings.EqualFold(other, name) {
+			return fmt.Errorf("%w %q: differs from database %q only in case", errs.ErrInvalidName, name, other)
+		}
+	}
+	return nil
+}
+
+// removeStale removes what an earlier run left of database name, never a
+// file of an open database. f.mu is held.
 func (f *FSM) removeStale(name string) error {
 	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
 		p := filepath.Join(f.dir, name+suffix)
-		if _, err := os.Lstat(p); err != nil {
+		st, err := os.Lstat(p)
+		if err != nil {
 			continue
+		}
+		for _, d := range f.dbs {
+			for _, s := range []string{"", "-wal", "-shm"} {
+				if open, err := os.Stat(d.path + s); err == nil && os.SameFile(st, open) {
+					return fmt.Errorf("%w %q: its file %s is the file of database %q", errs.ErrInvalidName, name, p, d.Name)
+				}
+			}
 		}
 		f.opts.Logger.Warn("replacing a file this node cannot trust by the cluster's copy", "file", p)
 		if err := os.Remove(p); err != nil {
@@ -225,6 +259,9 @@ func (f *FSM) open(name string, pageSize uint32) (*DB, error) {
 		return d, nil
 	}
 	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := f.clash(name); err != nil {
 		return nil, err
 	}
 	// Every database is rebuilt from the snapshot and the log: a file

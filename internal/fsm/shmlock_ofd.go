@@ -1,4 +1,4 @@
-//go:build linux || darwin
+//go:build (linux || darwin) && !(sqlite3_flock || sqlite3_dotlk)
 
 package fsm
 
