@@ -28,14 +28,14 @@ type conn struct {
 	raw     *sqlite3.Conn
 	untrack func()
 
-	doomed    error              // the transaction was rolled back under the application
-	rows      map[*rows]struct{} // open result sets
-	stmts     map[*stmt]struct{} // open prepared statements
-	closed    error              // the node closed this connection, or it never opened
-	inTx      bool
-	roTx      bool  // the transaction was begun read-only
-	refused   error // why the authorizer denied the statement being prepared
-	running   string // first keyword of the statement being prepared or run, for the authorizer
+	doomed  error              // the transaction was rolled back under the application
+	rows    map[*rows]struct{} // open result sets
+	stmts   map[*stmt]struct{} // open prepared statements
+	closed  error              // the node closed this connection, or it never opened
+	inTx    bool
+	roTx    bool   // the transaction was begun read-only
+	refused error  // why the authorizer denied the statement being prepared
+	running string // first keyword of the statement being prepared or run, for the authorizer
 
 	busySince   time.Time // when the current wait for a lock began
 	busyTimeout time.Duration
