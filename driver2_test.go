@@ -243,3 +243,99 @@ func TestNode_DatabaseNamesDifferingInCase(t *testing.T) {
 		t.Fatalf("Open(TEST.db) beside test.db: %v, want ErrInvalidName", err)
 	}
 }
+
+// Transactions ended on purpose stay ended cleanly, and SQLite's own
+// last_insert_rowid() is untouched by the driver.
+func TestDriver_TransactionEndsAndRowIDs(t *testing.T) {
+	c := newCluster(t, 1)
+	db := c.db(0, "test.db")
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	mustExec(t, conn, `CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE TABLE b (p, q)`)
+	// RELEASE of the outermost savepoint commits; a script with an empty
+	// statement commits too. Neither leaves the connection failed.
+	for _, script := range [][]string{
+		{`SAVEPOINT s`, `INSERT INTO a (v) VALUES ('sp')`, `RELEASE s`},
+		{`BEGIN; INSERT INTO a (v) VALUES ('semi');; COMMIT`},
+	} {
+		for _, q := range script {
+			if _, err := conn.ExecContext(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		if _, err := conn.ExecContext(ctx, `SELECT 1`); err != nil {
+			t.Fatalf("after %q: %v", script, err)
+		}
+	}
+	// After a transaction SQLite rolled back, a script that starts with
+	// ROLLBACK runs the rest of itself.
+	mustExec(t, conn, `INSERT INTO a (id, v) VALUES (100, 'x')`)
+	conn.ExecContext(ctx, `BEGIN`)
+	conn.ExecContext(ctx, `INSERT OR ROLLBACK INTO a (id) VALUES (100)`)
+	if _, err := conn.ExecContext(ctx, `ROLLBACK; INSERT INTO a (id, v) VALUES (6, 'after')`); err != nil {
+		t.Fatal(err)
+	}
+	var v string
+	if err := conn.QueryRowContext(ctx, `SELECT v FROM a WHERE id = 6`).Scan(&v); err != nil || v != "after" {
+		t.Fatalf("the rest of the script: %q, %v", v, err)
+	}
+	// last_insert_rowid() inside a transaction.
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tx.Exec(`INSERT INTO a (v) VALUES (?)`, "parent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent, _ := r.LastInsertId()
+	if _, err := tx.Exec(`INSERT INTO b VALUES (last_insert_rowid(), ?)`, 9); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var p int64
+	if err := db.QueryRow(`SELECT p FROM b WHERE q = 9`).Scan(&p); err != nil || p != parent {
+		t.Fatalf("last_insert_rowid() gave %d, the insert %d (%v)", p, parent, err)
+	}
+	// Integers in a DATETIME column stay integers; text that looks like a
+	// time in an untyped table column scans into a string type.
+	type stamp string
+	mustExec(t, conn, `CREATE TABLE e (at DATETIME, n)`)
+	mustExec(t, conn, `INSERT INTO e VALUES (1714979289, '2024-01-01T00:00:00Z')`)
+	var epoch int64
+	var st stamp
+	if err := conn.QueryRowContext(ctx, `SELECT at, n FROM e`).Scan(&epoch, &st); err != nil || epoch != 1714979289 || st != "2024-01-01T00:00:00Z" {
+		t.Fatalf("read %d %q: %v", epoch, st, err)
+	}
+}
+
+// Two names that differ only in case, opened at once: one wins, the other
+// fails at once.
+func TestNode_CaseClashOpenedTogether(t *testing.T) {
+	c := newCluster(t, 1)
+	errs := make(chan error, 2)
+	for _, name := range []string{"clash.db", "CLASH.db"} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			db, err := c.nodes[0].Open(ctx, name)
+			if err == nil {
+				db.Close()
+			}
+			errs <- err
+		}()
+	}
+	a, b := <-errs, <-errs
+	if (a == nil) == (b == nil) {
+		t.Fatalf("want one success and one failure: %v, %v", a, b)
+	}
+	if err := errors.Join(a, b); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("the loser: %v, want ErrInvalidName", err)
+	}
+}

@@ -259,7 +259,7 @@ func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
 				continue
 			}
 		}
-		if errors.Is(err, ErrClosed) {
+		if errors.Is(err, ErrClosed) || errors.Is(err, ErrInvalidName) {
 			return nil, err
 		}
 		wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)

@@ -279,7 +279,11 @@ func endsTx(query string) bool {
 func keywords(query string, n int) []string {
 	var words []string
 	for len(words) < n {
-		query = strings.TrimLeft(query, " \t\r\n\f\v")
+		if len(words) == 0 {
+			query = strings.TrimLeft(query, " \t\r\n\f\v;") // empty statements before the first word
+		} else {
+			query = strings.TrimLeft(query, " \t\r\n\f\v")
+		}
 		switch {
 		case strings.HasPrefix(query, "--"):
 			if i := strings.IndexByte(query, '\n'); i >= 0 {
@@ -315,8 +319,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if len(args) != 0 {
 		return nil, driver.ErrSkip
 	}
-	if ended, err := c.endDoomedByText(query); ended {
+	ended, rest, err := c.endDoomedByText(query)
+	switch {
+	case !ended:
+	case err != nil || rest == "":
 		return result{}, err
+	default:
+		query = rest // the transaction is over; the rest of the script runs
 	}
 	if err := c.enter(); err != nil {
 		return nil, err
@@ -325,7 +334,8 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
-	c.raw.SetLastInsertRowID(0)
+	lastID := c.raw.LastInsertRowID()
+	total := c.raw.TotalChanges()
 	defer func() { c.running = "" }()
 	var changes int64
 	for tail := query; ; {
@@ -363,7 +373,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		tail = rest
 	}
 	c.committed()
-	return result{c.raw.LastInsertRowID(), changes}, nil
+	return result{c.insertedID(lastID, total), changes}, nil
 }
 
 // trackTx follows the transaction after a statement (query, which
@@ -379,12 +389,23 @@ func (c *conn) trackTx(query string, err error) {
 		return
 	}
 	c.roTx = false
-	if was && !endsTx(query) {
-		if err == nil {
-			err = errors.New("dqlite: the transaction ended without COMMIT or ROLLBACK")
-		}
+	// Only a failed statement can have ended the transaction by accident:
+	// a successful one that ends it (COMMIT, RELEASE of the outermost
+	// savepoint) did so on purpose.
+	if was && err != nil && !endsTx(query) {
 		c.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", err)
 	}
+}
+
+// insertedID is the LastInsertId of what ran since SQLite's last inserted
+// row ID was before and its total change count total: the new row ID if
+// rows changed and it moved, else 0. SQLite's own value, which
+// last_insert_rowid() reads, is left alone.
+func (c *conn) insertedID(before, total int64) int64 {
+	if id := c.raw.LastInsertRowID(); id != before && c.raw.TotalChanges() != total {
+		return id
+	}
+	return 0
 }
 
 type result struct{ lastID, rows int64 }
@@ -469,25 +490,37 @@ func (t tx) Rollback() error {
 	return err
 }
 
-// endDoomedByText lets a ROLLBACK, COMMIT or END written as SQL end a
-// transaction that was already rolled back under the application: ROLLBACK
-// succeeds, COMMIT and END return why the transaction is gone.
-func (c *conn) endDoomedByText(query string) (bool, error) {
+// endDoomedByText lets a script that starts with ROLLBACK, COMMIT or END
+// end a transaction that was already rolled back under the application.
+// ROLLBACK succeeds, and rest is what of the script remains to run; COMMIT
+// and END fail with why the transaction is gone, and nothing else runs.
+func (c *conn) endDoomedByText(query string) (ended bool, rest string, err error) {
 	if !endsTx(query) {
-		return false, nil
+		return false, "", nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.doomed == nil {
-		return false, nil
+	if c.doomed == nil || c.closed != nil {
+		return false, "", nil
 	}
-	err := c.doomed
+	err = c.doomed
 	c.doomed = nil
 	c.inTx, c.roTx = false, false
-	if keywords(query, 1)[0] == "ROLLBACK" {
-		err = nil
+	if keywords(query, 1)[0] != "ROLLBACK" {
+		return true, "", err
 	}
-	return true, err
+	s, tail, perr := c.raw.Prepare(query)
+	if s != nil {
+		s.Close()
+	}
+	if perr != nil {
+		return true, "", perr
+	}
+	if more, _, _ := c.raw.Prepare(tail); more != nil {
+		more.Close()
+		return true, tail, nil
+	}
+	return true, "", nil
 }
 
 // endDoomed ends a transaction that was rolled back under the application.

@@ -82,7 +82,8 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		switch {
 		case !attached(schema):
 		case c.running == "VACUUM" && strings.HasPrefix(schema, "vacuum_"): // VACUUM INTO's own target
-		case c.running == "ANALYZE", strings.HasPrefix(strings.ToLower(name3), "sqlite_stat"): // statistics only
+		case c.running == "ANALYZE", c.running == "PRAGMA" && strings.HasPrefix(strings.ToLower(name3), "sqlite_stat"):
+			// statistics only (ANALYZE, PRAGMA optimize)
 		default:
 			return refuse("writing to attached database %q: attached files are not replicated", schema)
 		}

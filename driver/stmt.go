@@ -174,7 +174,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 		defer c.raw.SetInterrupt(old)
 	}
 	c.running = s.kind
-	c.raw.SetLastInsertRowID(0)
+	lastID := c.raw.LastInsertRowID()
 	total := c.raw.TotalChanges()
 	err := s.s.Exec()
 	c.running = ""
@@ -195,7 +195,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if c.raw.TotalChanges() != total {
 		changes = c.raw.Changes() // only INSERT, UPDATE and DELETE set it
 	}
-	return result{c.raw.LastInsertRowID(), changes}, nil
+	return result{c.insertedID(lastID, total), changes}, nil
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -211,6 +211,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 		rs.cols[i] = s.s.ColumnName(i)
 		rs.declNames[i] = strings.ToUpper(s.s.ColumnDeclType(i))
 		rs.decl[i] = affinity(rs.declNames[i])
+		if rs.decl[i] == kindExpr && s.s.ColumnTableName(i) != "" {
+			rs.decl[i] = kindAny // a table column declared without a type
+		}
 	}
 	if s.c.rows == nil {
 		s.c.rows = map[*rows]struct{}{}
@@ -261,7 +264,10 @@ func (r *rows) Next(dest []driver.Value) error {
 		defer c.raw.SetInterrupt(old)
 	}
 	st := r.s.s
-	if !st.Step() {
+	c.running = r.s.kind
+	stepped := st.Step()
+	c.running = ""
+	if !stepped {
 		r.done = true
 		if err := st.Err(); err != nil {
 			return c.mapErr(err)
@@ -304,10 +310,10 @@ func (r *rows) Close() error {
 // columnValue reads column i of the current row as a driver.Value, given
 // what its declared type reads back as. Text in a column declared as a
 // date or time type, in a form time.Time binds as or SQLite's date
-// functions write, reads back as a time.Time, and so does an integer there
-// (Unix seconds); so does text in an expression column (no declared type)
-// that is exactly what a time.Time binds as. A BOOLEAN column holding 0 or
-// 1 reads back as a bool.
+// functions write, reads back as a time.Time; so does text in an
+// expression (a result column that is no table column) that is exactly
+// what a time.Time binds as. Integers stay integers. A BOOLEAN column
+// holding 0 or 1 reads back as a bool.
 func columnValue(st *sqlite3.Stmt, i int, k kind) driver.Value {
 	switch st.ColumnType(i) {
 	case sqlite3.INTEGER:
@@ -315,8 +321,6 @@ func columnValue(st *sqlite3.Stmt, i int, k kind) driver.Value {
 		switch {
 		case k == kindBool && (v == 0 || v == 1):
 			return v == 1
-		case k == kindTime:
-			return time.Unix(v, 0).UTC()
 		}
 		return v
 	case sqlite3.FLOAT:
@@ -328,7 +332,7 @@ func columnValue(st *sqlite3.Stmt, i int, k kind) driver.Value {
 			if t, ok := parseTime(v); ok {
 				return t
 			}
-		case kindAny:
+		case kindExpr:
 			if t, ok := boundTime(v); ok {
 				return t
 			}
@@ -357,7 +361,8 @@ func boundTime(s string) (time.Time, bool) {
 type kind int
 
 const (
-	kindAny kind = iota
+	kindAny  kind = iota // a declared type of no known kind
+	kindExpr             // no declared type: an expression
 	kindInt
 	kindFloat
 	kindText
@@ -371,7 +376,7 @@ func affinity(decl string) kind {
 	t := strings.ToUpper(decl)
 	switch {
 	case t == "":
-		return kindAny
+		return kindExpr
 	case t == "BOOLEAN" || t == "BOOL":
 		return kindBool
 	case t == "DATE" || t == "TIME" || strings.HasPrefix(t, "DATETIME") || strings.HasPrefix(t, "TIMESTAMP"):

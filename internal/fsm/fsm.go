@@ -246,7 +246,10 @@ func (f *FSM) removeStale(name string) error {
 	return nil
 }
 
-func (f *FSM) open(name string, pageSize uint32) (*DB, error) {
+// open opens (creating it if needed) database name. newName is set for an
+// Open entry: a name that clashes with an existing one is refused there,
+// while a snapshot brings what the cluster already has.
+func (f *FSM) open(name string, pageSize uint32, newName bool) (*DB, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -261,8 +264,11 @@ func (f *FSM) open(name string, pageSize uint32) (*DB, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	if err := f.clash(name); err != nil {
-		return nil, err
+	if newName {
+		if err := f.clash(name); err != nil {
+			f.openErrs[name] = err
+			return nil, err
+		}
 	}
 	// Every database is rebuilt from the snapshot and the log: a file
 	// here is one New did not recognise as a database (a damaged header,
@@ -296,7 +302,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	switch c := cmd.(type) {
 	case *command.Open:
-		if _, err := f.open(c.Database, c.PageSize); err != nil {
+		if _, err := f.open(c.Database, c.PageSize, true); err != nil {
 			f.opts.Logger.Error("cannot open database", "index", l.Index, "database", c.Database, "err", err)
 			return err
 		}
@@ -523,7 +529,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		if !wal.ValidPageSize(int(pageSize)) {
 			return fmt.Errorf("restore %s: page size %d, %d pages", name, pageSize, pages)
 		}
-		d, err := f.open(name, pageSize)
+		d, err := f.open(name, pageSize, false)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", name, err)
 		}
