@@ -30,6 +30,9 @@ func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, r INT)`)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	defer halt() // however the test ends, readers and sampler stop first
 	var maxWAL [3]atomic.Int64
 	var reads atomic.Int64
 	// Readers on every node keep snapshots open now and then; a sampler
@@ -85,8 +88,7 @@ func TestCluster_CheckpointsBoundWAL(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(start)
-	close(stop)
-	wg.Wait()
+	halt()
 	bound := walBound(DefaultConfig().PageSize, DefaultConfig().CheckpointFrames)
 	for i := range c.nodes {
 		t.Logf("node %d: largest WAL %d bytes (bound %d)", i+1, maxWAL[i].Load(), bound)

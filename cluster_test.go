@@ -258,8 +258,15 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // waitLeader returns the index of the ready leader.
 func (c *cluster) waitLeader() int {
 	c.t.Helper()
+	return c.waitLeaderWithin(20 * time.Second)
+}
+
+// waitLeaderWithin returns the index of the ready leader, waiting up to
+// timeout for one.
+func (c *cluster) waitLeaderWithin(timeout time.Duration) int {
+	c.t.Helper()
 	leader := -1
-	waitFor(c.t, 20*time.Second, "a ready leader", func() bool {
+	waitFor(c.t, timeout, "a ready leader", func() bool {
 		for i, n := range c.nodes {
 			if n != nil && n.IsLeader() {
 				leader = i

@@ -2,6 +2,7 @@ package dqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,7 +19,7 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY, node INT, ts TEXT)`)
 	nodes := slices.Clone(c.nodes)
-	dbs := []any{}
+	var dbs []*sql.DB // the writer's own copy: c.stop changes c.dbs
 	for i := range nodes {
 		dbs = append(dbs, c.db(i, "test.db"))
 	}
@@ -26,6 +27,9 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 	var next atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	defer halt() // however the test ends, the writer stops first
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -41,7 +45,7 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 				continue
 			}
 			id := next.Add(1)
-			_, err := c.dbs[[2]any{leader, "test.db"}].Exec(`INSERT INTO t VALUES (?, ?, datetime('now'))`, id, leader+1)
+			_, err := dbs[leader].Exec(`INSERT INTO t VALUES (?, ?, datetime('now'))`, id, leader+1)
 			o.record(id, err)
 		}
 	}()
@@ -55,9 +59,7 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 		t.Fatal("the closed node is still the leader")
 	}
 	waitFor(t, 20*time.Second, "writes to resume on the new leader", acked(300))
-	close(stop)
-	wg.Wait()
-	_ = dbs
+	halt()
 	c.restart(l)
 	t.Logf("acknowledged %d, failed %d, ambiguous %d", len(o.acked), len(o.failed), len(o.ambiguous))
 	c.check("test.db", `SELECT id FROM t`, o)

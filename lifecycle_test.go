@@ -49,6 +49,9 @@ func writeRows(t *testing.T, c *cluster, o *outcome, from, to int64, blob int) {
 			defer wg.Done()
 			for id := from + w; id < to; id += 4 {
 				_, err := db.Exec(`INSERT INTO t VALUES (?, randomblob(?))`, id, blob)
+				for errors.Is(err, ErrBusy) { // nothing was written: a loaded machine, try again
+					_, err = db.Exec(`INSERT INTO t VALUES (?, randomblob(?))`, id, blob)
+				}
 				if err != nil {
 					t.Errorf("insert %d: %v", id, err)
 					return

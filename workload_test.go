@@ -3,6 +3,7 @@ package dqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -177,6 +178,9 @@ func TestCluster_ConcurrentWriters(t *testing.T) {
 			for i := range 100 {
 				id := int64(w*1000 + i)
 				tx, err := db.Begin()
+				for errors.Is(err, ErrBusy) { // nothing begun: a loaded machine, try again
+					tx, err = db.Begin()
+				}
 				if err != nil {
 					t.Error(err)
 					return
