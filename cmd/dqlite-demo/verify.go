@@ -30,6 +30,14 @@ func (s *supervisor) verify() int {
 		}
 	}()
 	for i := range nodes {
+		// Starting a child with the listener's descriptor, and the child
+		// taking it over, flip the blocking mode that every copy of it
+		// shares: a listener left blocking cannot be closed while its
+		// accept waits. Make it non-blocking before the node accepts.
+		if err := nonBlocking(s.listeners[i]); err != nil {
+			s.logf("FAILED: listener of node %d: %v", i+1, err)
+			return 1
+		}
 		cfg := demoConfig(i+1, s.listeners[i], s.dirs[i], nil)
 		n, err := dqlite.New(cfg)
 		if err != nil {
