@@ -294,6 +294,18 @@ func (c *cluster) db(i int, name string) *sql.DB {
 	return db
 }
 
+// mustConn returns one connection of db, closed when the test ends (before
+// its cluster).
+func mustConn(t testing.TB, db *sql.DB) *sql.Conn {
+	t.Helper()
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // dump returns the content of every table of database name on node i.
 func dump(t testing.TB, db *sql.DB) string {
 	t.Helper()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -20,6 +21,7 @@ func TestDriver_ReadingRowsWhileTheNodeCloses(t *testing.T) {
 		db := c.db(0, "test.db")
 		mustExec(t, db, `CREATE TABLE t (a, b, c); INSERT INTO t VALUES (1, 'x', 2.5), (2, 'y', 3.5)`)
 		var wg sync.WaitGroup
+		var reads atomic.Int64
 		stop := make(chan struct{})
 		for range 4 {
 			wg.Add(1)
@@ -40,10 +42,13 @@ func TestDriver_ReadingRowsWhileTheNodeCloses(t *testing.T) {
 						rows.Scan(&a, &b, &cc)
 					}
 					rows.Close()
+					reads.Add(1)
 				}
 			}()
 		}
-		time.Sleep(time.Duration(20+10*round) * time.Millisecond) // let the readers get going
+		// Close at a different point of the readers' work each round.
+		want := int64(10 + 10*round)
+		waitFor(t, 20*time.Second, "readers under way", func() bool { return reads.Load() >= want })
 		c.stop(0)
 		close(stop)
 		wg.Wait()
@@ -82,11 +87,7 @@ func TestDriver_TransactionRolledBackBySQLiteStaysFailed(t *testing.T) {
 	c.check("test.db", `SELECT id FROM t`, o)
 
 	// The same through SQL text on one connection: COMMIT reports it.
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := mustConn(t, db)
 	ctx := context.Background()
 	conn.ExecContext(ctx, `BEGIN`)
 	conn.ExecContext(ctx, `INSERT INTO t VALUES (4)`)
@@ -128,11 +129,7 @@ func TestDriver_BeginBusy(t *testing.T) {
 func TestDriver_ResultsAndValues(t *testing.T) {
 	c := newCluster(t, 1)
 	db := c.db(0, "test.db")
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := mustConn(t, db)
 	ctx := context.Background()
 	mustExec(t, conn, `CREATE TABLE t (id INTEGER PRIMARY KEY, v INT, at DATETIME)`)
 	affected := func(q string, args ...any) (int64, int64) {
@@ -210,11 +207,7 @@ func TestDriver_ResultsAndValues(t *testing.T) {
 func TestDriver_AuthorizerEdges(t *testing.T) {
 	c := newCluster(t, 1)
 	db := c.db(0, "test.db")
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := mustConn(t, db)
 	ctx := context.Background()
 	mustExec(t, conn, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
 	mustExec(t, conn, `ATTACH DATABASE '`+filepath.Join(t.TempDir(), "o.db")+`' AS other`)
@@ -249,11 +242,7 @@ func TestNode_DatabaseNamesDifferingInCase(t *testing.T) {
 func TestDriver_TransactionEndsAndRowIDs(t *testing.T) {
 	c := newCluster(t, 1)
 	db := c.db(0, "test.db")
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := mustConn(t, db)
 	ctx := context.Background()
 	mustExec(t, conn, `CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE TABLE b (p, q)`)
 	// RELEASE of the outermost savepoint commits; a script with an empty

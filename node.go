@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +25,7 @@ type Node struct {
 	raft       *raft.Raft
 	fsm        *fsm.FSM
 	trans      *raft.NetworkTransport
+	stream     *streamLayer // the transport's connections; peersReport dials through it
 	store      logStore
 	lock       *os.File
 	notifyCh   chan bool
@@ -126,6 +126,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w", cfg.Address, err))
 	}
+	n.stream = stream
 	n.trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hlog)
 	cleanup = append(cleanup, func() { n.trans.Close() })
 
@@ -304,25 +305,17 @@ func (n *Node) peersReport() string {
 	if len(servers) == 0 {
 		return "this node is in no cluster yet: set Config.Cluster to start one, or have the leader add it with AddVoter"
 	}
-	dial := n.cfg.Dial
-	if dial == nil {
-		dial = func(ctx context.Context, addr string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		}
-	}
-	self := strconv.FormatUint(uint64(n.cfg.ID), 10)
+	self := serverID(n.cfg.ID)
 	results := make([]error, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
-		if string(s.ID) == self {
+		if s.ID == self {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			c, err := dial(ctx, string(s.Address))
+			c, err := n.stream.Dial(s.Address, time.Second)
 			if err == nil {
 				c.Close()
 			}
@@ -333,7 +326,7 @@ func (n *Node) peersReport() string {
 	var down, up []string
 	for i, s := range servers {
 		switch {
-		case string(s.ID) == self:
+		case s.ID == self:
 		case results[i] != nil:
 			down = append(down, fmt.Sprintf("node %s at %s (%v)", s.ID, s.Address, results[i]))
 		default:

@@ -235,10 +235,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if s == nil {
 		return nil, errors.New("dqlite: empty statement")
 	}
-	if more, _, err := c.raw.Prepare(tail); more != nil || err != nil {
-		if more != nil {
-			more.Close()
-		}
+	if c.holdsStatement(tail) {
 		s.Close()
 		return nil, fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
 	}
@@ -353,7 +350,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 				return nil, err
 			}
 		}
-		total := c.raw.TotalChanges()
+		changed := c.raw.TotalChanges()
 		err = s.Exec()
 		c.running = ""
 		s.Close()
@@ -367,7 +364,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		if err := c.guardWriteLock(); err != nil {
 			return nil, err
 		}
-		if c.raw.TotalChanges() != total {
+		if c.raw.TotalChanges() != changed {
 			changes += c.raw.Changes() // only INSERT, UPDATE and DELETE set it
 		}
 		tail = rest
@@ -516,11 +513,20 @@ func (c *conn) endDoomedByText(query string) (ended bool, rest string, err error
 	if perr != nil {
 		return true, "", perr
 	}
-	if more, _, _ := c.raw.Prepare(tail); more != nil {
-		more.Close()
+	if c.holdsStatement(tail) {
 		return true, tail, nil
 	}
 	return true, "", nil
+}
+
+// holdsStatement reports whether sql holds more than white space,
+// comments and semicolons (or what SQLite cannot even parse). c.mu is held.
+func (c *conn) holdsStatement(sql string) bool {
+	s, _, err := c.raw.Prepare(sql)
+	if s != nil {
+		s.Close()
+	}
+	return s != nil || err != nil
 }
 
 // endDoomed ends a transaction that was rolled back under the application.

@@ -70,26 +70,8 @@ func New(dir string, opts Options) (*FSM, error) {
 // DatabaseFiles lists the files in dir that hold database content: SQLite
 // database files and non-empty WALs.
 func DatabaseFiles(dir string) []string {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	var files []string
-	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || slices.Contains(reservedNames, name) {
-			continue
-		}
-		p := filepath.Join(dir, name)
-		if strings.HasSuffix(name, "-wal") {
-			if st, err := os.Stat(p); err == nil && st.Size() > 0 {
-				files = append(files, name)
-			}
-		} else if isSQLite(p) {
-			files = append(files, name)
-		}
-	}
-	return files
+	_, content, _ := scanDatabases(dir)
+	return content
 }
 
 // OpenError returns why this node could not open database name, or nil.
@@ -100,23 +82,46 @@ func (f *FSM) OpenError(name string) error {
 }
 
 func removeDatabases(dir string) error {
-	entries, err := os.ReadDir(dir)
+	files, _, err := scanDatabases(dir)
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || name == "raft.db" {
-			continue
-		}
-		p := filepath.Join(dir, name)
-		if strings.HasSuffix(name, "-wal") || strings.HasSuffix(name, "-shm") || strings.HasSuffix(name, "-journal") || isSQLite(p) {
-			if err := os.Remove(p); err != nil {
-				return err
-			}
+	for _, name := range files {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// scanDatabases lists the files of databases in dir: all of them (SQLite
+// files and every -wal, -shm and -journal), and those that hold content
+// (SQLite files and non-empty WALs).
+func scanDatabases(dir string) (files, content []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || slices.Contains(reservedNames, name) {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		switch {
+		case strings.HasSuffix(name, "-wal"):
+			files = append(files, name)
+			if st, err := e.Info(); err == nil && st.Size() > 0 {
+				content = append(content, name)
+			}
+		case strings.HasSuffix(name, "-shm"), strings.HasSuffix(name, "-journal"):
+			files = append(files, name)
+		case isSQLite(p):
+			files = append(files, name)
+			content = append(content, name)
+		}
+	}
+	return files, content, nil
 }
 
 func isSQLite(path string) bool {
