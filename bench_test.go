@@ -140,3 +140,32 @@ func BenchmarkLargeTransaction(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPointRead measures a SELECT by primary key over 10k rows on a
+// follower's *sql.DB (reads are local), from one goroutine: the driver's
+// cost per statement, with no Raft in the way.
+//
+//	go test -run '^$' -bench BenchmarkPointRead .
+func BenchmarkPointRead(b *testing.B) {
+	c := newCluster(b, 3)
+	l := c.waitLeader()
+	db := c.db(l, "bench.db")
+	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+		INSERT INTO t SELECT value, 'value ' || value FROM generate_series(1, 10000)`); err != nil {
+		b.Fatal(err)
+	}
+	f := c.db((l+1)%3, "bench.db")
+	waitFor(b, 20*time.Second, "the rows on the follower", func() bool {
+		var n int
+		return f.QueryRow(`SELECT count(*) FROM t`).Scan(&n) == nil && n == 10000
+	})
+	var v string
+	b.ResetTimer()
+	for i := range b.N {
+		if err := f.QueryRow(`SELECT v FROM t WHERE id = ?`, i%10000+1).Scan(&v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
+}

@@ -226,7 +226,10 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
-	c.running = firstKeyword(query)
+	kw := keywords(query, 2)
+	if len(kw) > 0 {
+		c.running = kw[0]
+	}
 	defer func() { c.running = "" }()
 	s, tail, err := c.raw.Prepare(query)
 	if err != nil {
@@ -239,7 +242,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		s.Close()
 		return nil, fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
 	}
-	ro := s.ReadOnly() && !beginsWriteTx(query)
+	ro := s.ReadOnly() && !isWriteBegin(kw)
 	st := &stmt{c: c, s: s, readOnly: ro, numInput: s.BindCount(), kind: c.running}
 	if c.stmts == nil {
 		c.stmts = map[*stmt]struct{}{}
@@ -251,8 +254,10 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // beginsWriteTx reports whether query starts with BEGIN IMMEDIATE or
 // EXCLUSIVE, which SQLite calls read-only but which take the write lock: on
 // a follower that lock belongs to the FSM.
-func beginsWriteTx(query string) bool {
-	f := keywords(query, 2)
+func beginsWriteTx(query string) bool { return isWriteBegin(keywords(query, 2)) }
+
+// isWriteBegin is beginsWriteTx of a statement's first two keywords.
+func isWriteBegin(f []string) bool {
 	return len(f) == 2 && f[0] == "BEGIN" && (f[1] == "IMMEDIATE" || f[1] == "EXCLUSIVE")
 }
 
@@ -274,7 +279,7 @@ func endsTx(query string) bool {
 // keywords returns up to n leading words of query, upper-cased, skipping
 // white space and comments; a semicolon ends the words.
 func keywords(query string, n int) []string {
-	var words []string
+	words := make([]string, 0, n)
 	for len(words) < n {
 		if len(words) == 0 {
 			query = strings.TrimLeft(query, " \t\r\n\f\v;") // empty statements before the first word
@@ -522,6 +527,9 @@ func (c *conn) endDoomedByText(query string) (ended bool, rest string, err error
 // holdsStatement reports whether sql holds more than white space,
 // comments and semicolons (or what SQLite cannot even parse). c.mu is held.
 func (c *conn) holdsStatement(sql string) bool {
+	if strings.TrimSpace(sql) == "" {
+		return false // the usual case, without a call into SQLite
+	}
 	s, _, err := c.raw.Prepare(sql)
 	if s != nil {
 		s.Close()
