@@ -10,7 +10,12 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	raftwal "github.com/hashicorp/raft-wal"
+	walfs "github.com/hashicorp/raft-wal/fs"
+	"github.com/hashicorp/raft-wal/segment"
+	"github.com/hashicorp/raft-wal/types"
 	"go.etcd.io/bbolt"
+
+	"github.com/godqlite/dqlite/internal/faults"
 )
 
 // logStore is Raft's log and stable store.
@@ -46,7 +51,8 @@ func openLogStore(cfg Config, hlog hclog.Logger) (logStore, error) {
 		if err := os.MkdirAll(walDir, 0o755); err != nil {
 			return nil, err
 		}
-		w, err := raftwal.Open(walDir, raftwal.WithLogger(hlog))
+		w, err := raftwal.Open(walDir, raftwal.WithLogger(hlog),
+			raftwal.WithSegmentFiler(segment.NewFiler(walDir, faultVFS{walfs.New()})))
 		if err != nil {
 			return nil, fmt.Errorf("open raft log %s: %w", walDir, err)
 		}
@@ -57,4 +63,54 @@ func openLogStore(cfg Config, hlog hclog.Logger) (logStore, error) {
 		return nil, fmt.Errorf("open raft log %s: %w", bolt, err)
 	}
 	return store, nil
+}
+
+// faultVFS is raft-wal's file layer with the fault layer before every
+// write, fsync and file creation (see internal/faults).
+type faultVFS struct{ types.VFS }
+
+func (v faultVFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
+	if err := faults.Create(filepath.Join(dir, name)); err != nil {
+		return nil, err
+	}
+	f, err := v.VFS.Create(dir, name, size)
+	if err != nil {
+		return nil, err
+	}
+	return faultFile{f, filepath.Join(dir, name)}, nil
+}
+
+func (v faultVFS) OpenWriter(dir, name string) (types.WritableFile, error) {
+	f, err := v.VFS.OpenWriter(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	return faultFile{f, filepath.Join(dir, name)}, nil
+}
+
+type faultFile struct {
+	types.WritableFile
+	path string
+}
+
+func (f faultFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := faults.Write(f.path, off, int64(len(p)), f.size); err != nil {
+		return 0, err
+	}
+	return f.WritableFile.WriteAt(p, off)
+}
+
+func (f faultFile) Sync() error {
+	if err := faults.Sync(f.path); err != nil {
+		return err
+	}
+	return f.WritableFile.Sync()
+}
+
+func (f faultFile) size() (int64, error) {
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }

@@ -29,6 +29,7 @@ type Node struct {
 	store      logStore
 	lock       *os.File
 	notifyCh   chan bool
+	diskErr    chan struct{} // this node's disk refused a write
 	done       chan struct{}
 	unregister func()
 	wg         sync.WaitGroup
@@ -57,7 +58,7 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, notifyCh: make(chan bool, 16), done: make(chan struct{}),
+	n := &Node{cfg: cfg, notifyCh: make(chan bool, 16), diskErr: make(chan struct{}, 1), done: make(chan struct{}),
 		conns: map[uint64]driver.Aborter{}}
 	var cleanup []func()
 	fail := func(err error) (*Node, error) {
@@ -109,6 +110,12 @@ func New(cfg Config) (*Node, error) {
 		CheckpointFrames: uint32(cfg.CheckpointFrames),
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
+		DiskError: func(error) {
+			select {
+			case n.diskErr <- struct{}{}:
+			default:
+			}
+		},
 	})
 	if h := cfg.hooks; h != nil {
 		n.fsm.SetAfterCommit(func() {
@@ -462,6 +469,17 @@ func (n *Node) watchLeadership() {
 			}
 			n.mu.Unlock()
 			n.cfg.Logger.Info("leadership changed", "node", n.cfg.ID, "leader", leader)
+		case <-n.diskErr:
+			// A leader whose disk refuses writes cannot commit; the
+			// others can. The write is retried until the disk takes it.
+			if n.raft.State() == raft.Leader {
+				n.cfg.Logger.Warn("disk refuses writes: handing leadership on", "node", n.cfg.ID)
+				n.wg.Add(1)
+				go func() {
+					defer n.wg.Done()
+					n.raft.LeadershipTransfer()
+				}()
+			}
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/vfs"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -117,6 +118,9 @@ func (d *DB) beginAppend(pageSize uint32) (*appender, error) {
 			}
 		}
 		a.walHdr = wal.NewHeader(pageSize, seq, [2]uint32{hdr.Salt[0] + 1, randomSalt()})
+		if err := faults.Write(d.walf.Name(), 0, wal.HeaderSize, d.walSize); err != nil {
+			return nil, fmt.Errorf("write wal header: %w", err)
+		}
 		if _, err := d.walf.WriteAt(a.walHdr.Encode(), 0); err != nil {
 			return nil, fmt.Errorf("write wal header: %w", err)
 		}
@@ -148,7 +152,11 @@ func (a *appender) write(pages []command.Page, commit uint32) error {
 		a.buf = append(a.buf, make([]byte, fs)...)
 		a.sum = wal.EncodeFrame(a.buf[i*fs:], a.walHdr, a.sum, p.No, dbSize, p.Data)
 	}
-	if _, err := a.d.walf.WriteAt(a.buf, wal.FrameOffset(first, int(a.walHdr.PageSize))); err != nil {
+	off := wal.FrameOffset(first, int(a.walHdr.PageSize))
+	if err := faults.Write(a.d.walf.Name(), off, int64(len(a.buf)), a.d.walSize); err != nil {
+		return fmt.Errorf("write frames: %w", err)
+	}
+	if _, err := a.d.walf.WriteAt(a.buf, off); err != nil {
 		return fmt.Errorf("write frames: %w", err)
 	}
 	for i, p := range pages {
@@ -199,6 +207,15 @@ func (d *DB) Checkpoint() {
 		d.maybeCheckpoint()
 		d.applyMu.Unlock()
 	}
+}
+
+// walSize is the WAL file's size, for the fault layer.
+func (d *DB) walSize() (int64, error) {
+	fi, err := d.walf.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 func vfsCommitted(d *DB, last uint32) { vfs.Committed(d.path, last, int(d.pageSize)) }

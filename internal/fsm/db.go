@@ -17,6 +17,7 @@ import (
 
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/vfs"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -32,6 +33,9 @@ type Options struct {
 	CheckpointFrames uint32 // checkpoint once the WAL holds this many frames
 	Logger           *slog.Logger
 	Propose          Proposer
+	// DiskError, if set, is told when a write of this node's disk failed
+	// and is being retried (see DB.Retry): the node should stop leading.
+	DiskError func(err error)
 
 	afterCommit func()       // test hook: see FSM.SetAfterCommit
 	stopping    *atomic.Bool // set by FSM.Stop
@@ -223,6 +227,33 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	d.pending = nil
 	d.errs[conn] = err
 	return err
+}
+
+// Retry implements vfs.Committer: Raft committed a local transaction whose
+// commit frame the disk refused. A full or failing disk is retried until
+// it takes the frame or the node stops; meanwhile the connection keeps
+// the write lock, so the database stays as it was before the transaction
+// for every reader, and the node hands leadership on. Other errors are not
+// retried.
+func (d *DB) Retry(err error, attempt int) bool {
+	return d.retryDisk(err, attempt, "commit frame")
+}
+
+// retryDisk waits before another attempt at a write the disk refused, and
+// reports whether to make it.
+func (d *DB) retryDisk(err error, attempt int, what string) bool {
+	if d.opts.stopping.Load() || !faults.IsDisk(err) {
+		return false
+	}
+	if attempt%50 == 0 {
+		d.opts.Logger.Error("disk refused a write; retrying until it takes it",
+			"database", d.Name, "write", what, "attempt", attempt, "err", err)
+	}
+	if attempt == 0 && d.opts.DiskError != nil {
+		d.opts.DiskError(err)
+	}
+	time.Sleep(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond))
+	return !d.opts.stopping.Load()
 }
 
 // Diverged implements vfs.Committer: the node stops serving the database.

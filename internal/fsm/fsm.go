@@ -327,9 +327,18 @@ func (f *FSM) Apply(l *raft.Log) any {
 		if d.claim(c) {
 			return nil
 		}
-		if err := d.appendFrames(c.PageSize, c.DBSize, c.Pages); err != nil {
-			d.fail(fmt.Errorf("apply index %d: %w", l.Index, err))
-			return d.Failed()
+		// A disk that refuses the frames (full, failing) is retried until
+		// it takes them: the node stops applying, and so stops taking
+		// part, until then, but its copy stays whole.
+		for attempt := 0; ; attempt++ {
+			err = d.appendFrames(c.PageSize, c.DBSize, c.Pages)
+			if err == nil {
+				break
+			}
+			if !d.retryDisk(err, attempt, "apply") {
+				d.fail(fmt.Errorf("apply index %d: %w", l.Index, err))
+				return d.Failed()
+			}
 		}
 		if d.applyMu.TryLock() {
 			d.maybeCheckpoint()

@@ -30,17 +30,20 @@
 package vfs
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/util/vfsutil"
 	sqlitevfs "github.com/ncruces/go-sqlite3/vfs"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/wal"
 )
 
@@ -63,8 +66,12 @@ type Tx struct {
 // Committer replicates transactions of one database. See the package doc.
 type Committer interface {
 	Commit(conn uint64, tx *Tx) error
+	// Retry is called when the commit frame of a transaction that Commit
+	// accepted could not be written (attempt counts from 0). It returns
+	// whether to try again, after waiting as long as it sees fit.
+	Retry(err error, attempt int) bool
 	// Diverged is called when the commit frame of a transaction that Commit
-	// accepted could not be written: this node's copy no longer matches
+	// accepted could not be written and Retry gave up: this node's copy no longer matches
 	// the cluster's and must not be served.
 	Diverged(err error)
 }
@@ -202,7 +209,7 @@ func (v dqVFS) OpenFilename(name *sqlitevfs.Filename, flags sqlitevfs.OpenFlag) 
 		return f, flags, nil
 	}
 	conn, _ := strconv.ParseUint(name.URIParameter(ConnParam), 10, 64)
-	w := &walFile{File: f, state: s, conn: conn}
+	w := &walFile{File: f, state: s, conn: conn, name: name.String()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pageSize == 0 {
@@ -221,9 +228,47 @@ type walFile struct {
 	sqlitevfs.File
 	state *walState
 	conn  uint64
+	name  string
 }
 
 func (w *walFile) Unwrap() sqlitevfs.File { return w.File }
+
+// zeros reserves a commit frame's space.
+var zeros [wal.FrameHeaderSize + 65536]byte
+
+// write is every write to the WAL, after asking the fault layer.
+func (w *walFile) write(p []byte, off int64) (int, error) {
+	if err := faults.Write(w.name, off, int64(len(p)), w.File.Size); err != nil {
+		return 0, err
+	}
+	return w.File.WriteAt(p, off)
+}
+
+// put is write for SQLite: it gets its error codes.
+func (w *walFile) put(p []byte, off int64) (int, error) {
+	n, err := w.write(p, off)
+	return n, sqliteErr(err)
+}
+
+// Sync asks the fault layer before syncing the WAL.
+func (w *walFile) Sync(flags sqlitevfs.SyncFlag) error {
+	if err := faults.Sync(w.name); err != nil {
+		return sqlite3.IOERR_FSYNC
+	}
+	return w.File.Sync(flags)
+}
+
+// sqliteErr is what SQLite reports for a failed write: "database or disk
+// is full" for no space, an I/O error otherwise.
+func sqliteErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return sqlitevfs.SystemError(err, sqlite3.FULL)
+	}
+	return sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
+}
 
 // DeviceCharacteristics reports POWERSAFE_OVERWRITE so that SQLite never
 // splits or pads frame writes.
@@ -254,7 +299,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 			return 0, sqlite3.IOERR_WRITE
 		}
 		s.reset(int(h.PageSize))
-		return w.File.WriteAt(p, off)
+		return w.put(p, off)
 	}
 	n, within, ok := wal.FrameAt(off, s.pageSize)
 	if !ok {
@@ -262,7 +307,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if n <= s.lastCommit {
 		// walRewriteChecksums rewriting headers of a committed transaction.
-		return w.File.WriteAt(p, off)
+		return w.put(p, off)
 	}
 	switch {
 	case within == 0 && len(p) == wal.FrameHeaderSize:
@@ -287,7 +332,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 			s.heldFrame = n
 			return len(p), nil
 		}
-		return w.File.WriteAt(p, off)
+		return w.put(p, off)
 
 	case within == wal.FrameHeaderSize && len(p) == s.pageSize:
 		fr := s.frames[n]
@@ -307,7 +352,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 		if n == s.heldFrame {
 			return w.commit(n, p, off)
 		}
-		return w.File.WriteAt(p, off)
+		return w.put(p, off)
 	}
 	// SQLite splits frame writes only without POWERSAFE_OVERWRITE, which we
 	// always report; anything else is a write we cannot replicate.
@@ -346,6 +391,14 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 	// Raft runs without the state's mutex: the FSM may need to open the
 	// WAL meanwhile (a snapshot does). Nothing else can touch this WAL's
 	// state: this connection holds SQLite's write lock.
+	// Reserve the commit frame's space before Raft, so that once Raft has
+	// committed the transaction, writing the frame needs no block that a
+	// full disk may not have. A zeroed frame header is never valid: a
+	// crash before the real frame is written leaves the WAL as it was.
+	if _, err := w.put(zeros[:wal.FrameHeaderSize+len(p)], off-wal.FrameHeaderSize); err != nil {
+		s.dropTx()
+		return 0, err
+	}
 	s.mu.Unlock()
 	err := s.committer.Commit(w.conn, tx)
 	s.mu.Lock()
@@ -353,14 +406,25 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 		s.dropTx()
 		return 0, sqlite3.IOERR_WRITE
 	}
-	if _, err := w.File.WriteAt(held, off-wal.FrameHeaderSize); err != nil {
-		s.committer.Diverged(err)
-		return 0, err
-	}
-	m, err := w.File.WriteAt(p, off)
-	if err != nil {
-		s.committer.Diverged(err)
-		return m, err
+	// Raft committed the transaction: its commit frame must reach the WAL.
+	// A disk that refuses it (full, failing) is retried until it takes
+	// it, for as long as the committer says: meanwhile this connection
+	// keeps the write lock, so no reader sees the database without the
+	// transaction and no later one starts.
+	var m int
+	for attempt := 0; ; attempt++ {
+		if _, err = w.write(held, off-wal.FrameHeaderSize); err == nil {
+			if m, err = w.write(p, off); err == nil {
+				break
+			}
+		}
+		s.mu.Unlock()
+		retry := s.committer.Retry(err, attempt)
+		s.mu.Lock()
+		if !retry {
+			s.committer.Diverged(err)
+			return 0, sqliteErr(err)
+		}
 	}
 	s.lastCommit = n
 	s.dropTx()
