@@ -239,6 +239,13 @@ func (d *DB) Retry(err error, attempt int) bool {
 	return d.retryDisk(err, attempt, "commit frame")
 }
 
+// DiskError implements vfs.Committer: the node should stop leading.
+func (d *DB) DiskError(err error) {
+	if d.opts.DiskError != nil {
+		d.opts.DiskError(err)
+	}
+}
+
 // retryDisk waits before another attempt at a write the disk refused, and
 // reports whether to make it.
 func (d *DB) retryDisk(err error, attempt int, what string) bool {
@@ -249,8 +256,8 @@ func (d *DB) retryDisk(err error, attempt int, what string) bool {
 		d.opts.Logger.Error("disk refused a write; retrying until it takes it",
 			"database", d.Name, "write", what, "attempt", attempt, "err", err)
 	}
-	if attempt == 0 && d.opts.DiskError != nil {
-		d.opts.DiskError(err)
+	if attempt == 0 {
+		d.DiskError(err)
 	}
 	time.Sleep(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond))
 	return !d.opts.stopping.Load()

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ncruces/go-sqlite3"
+
 	"github.com/godqlite/dqlite"
 	"github.com/godqlite/dqlite/internal/faults"
 )
@@ -183,6 +185,10 @@ func classify(err error, committing bool) string {
 		return kindNotLeader
 	case !committing, errors.Is(err, dqlite.ErrBusy), errors.Is(err, dqlite.ErrTxTooLarge):
 		return kindFailed
+	case errors.Is(err, sqlite3.FULL):
+		// The disk refused the frames before Raft saw them (once Raft
+		// committed a transaction, its frames are retried until written).
+		return kindFailed
 	}
 	return kindUnknown
 }
@@ -196,7 +202,7 @@ func (nd *node) leaderSlot() int {
 }
 
 func (nd *node) fail(err error, committing bool) reply {
-	return reply{Kind: classify(err, committing), Err: err.Error(), Leader: nd.leaderSlot()}
+	return reply{Kind: classify(err, committing), Err: fmt.Sprintf("%v [slot %d]", err, nd.slot), Leader: nd.leaderSlot()}
 }
 
 func (nd *node) db(ctx context.Context, name string) (*sql.DB, error) {

@@ -55,7 +55,7 @@ func (r *router) write(ctx context.Context, path string, q map[string]int64) (re
 		r.leader = rep.Leader
 		if r.leader == t || r.leader < 0 {
 			r.leader = r.any()
-			sleep(ctx, 20*time.Millisecond)
+			sleep(ctx, 50*time.Millisecond) // an election is under way
 		}
 	}
 	return rep, o
@@ -75,7 +75,40 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // counts are the outcomes of a workload's operations.
-type counts struct{ ops, ok, failed, unknown atomic.Int64 }
+type counts struct {
+	ops, ok, failed, unknown atomic.Int64
+	whyMu                    sync.Mutex
+	why                      map[string]int // errors of failed and unknown operations, by kind
+}
+
+// note records why an operation did not succeed.
+func (c *counts) note(o outcome, rep reply) {
+	if o == ok {
+		return
+	}
+	msg := rep.Err
+	if len(msg) > 120 {
+		msg = msg[:120]
+	}
+	c.whyMu.Lock()
+	if c.why == nil {
+		c.why = map[string]int{}
+	}
+	c.why[o.String()+": "+msg]++
+	c.whyMu.Unlock()
+}
+
+// reasons lists the most frequent errors.
+func (c *counts) reasons() []string {
+	c.whyMu.Lock()
+	defer c.whyMu.Unlock()
+	var out []string
+	for k, n := range c.why {
+		out = append(out, fmt.Sprintf("%6d × %s", n, k))
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(out)))
+	return out[:min(len(out), 6)]
+}
 
 func (c *counts) add(o outcome) {
 	c.ops.Add(1)
@@ -91,7 +124,7 @@ func (c *counts) add(o outcome) {
 
 func (c *counts) result(name string) Result {
 	return Result{Workload: name, Ops: int(c.ops.Load()), OK: int(c.ok.Load()),
-		Failed: int(c.failed.Load()), Unknown: int(c.unknown.Load()), Linearizable: "n/a"}
+		Failed: int(c.failed.Load()), Unknown: int(c.unknown.Load()), Linearizable: "n/a", Notes: c.reasons()}
 }
 
 // workload is a kind of client load and the check of its history.
@@ -154,11 +187,12 @@ func (w *setWorkload) db() int      { return 2 }
 func (w *setWorkload) client(ctx context.Context, r *router, id int) {
 	for ctx.Err() == nil {
 		v := w.next.Add(1)
-		_, o := r.write(ctx, "/set/add", map[string]int64{"v": v})
+		rep, o := r.write(ctx, "/set/add", map[string]int64{"v": v})
 		if ctx.Err() != nil && o != ok {
 			o = unknown // cut short by the end of the run
 		}
 		w.add(o)
+		w.note(o, rep)
 		w.mu.Lock()
 		map[outcome]map[int64]bool{ok: w.acked, failed: w.failed, unknown: w.unknown}[o][v] = true
 		w.mu.Unlock()
@@ -220,11 +254,12 @@ func (w *bankWorkload) client(ctx context.Context, r *router, id int) {
 		}
 		from := r.rng.Intn(bankAccounts)
 		to := (from + 1 + r.rng.Intn(bankAccounts-1)) % bankAccounts
-		_, o := r.write(ctx, "/bank/transfer", map[string]int64{"from": int64(from), "to": int64(to), "amount": int64(1 + r.rng.Intn(20))})
+		rep, o := r.write(ctx, "/bank/transfer", map[string]int64{"from": int64(from), "to": int64(to), "amount": int64(1 + r.rng.Intn(20))})
 		if ctx.Err() != nil && o != ok {
 			o = unknown
 		}
 		w.add(o)
+		w.note(o, rep)
 		sleep(ctx, 5*time.Millisecond)
 	}
 }
@@ -330,6 +365,7 @@ func (w *registerWorkload) client(ctx context.Context, r *router, id int) {
 			o = unknown
 		}
 		w.add(o)
+		w.note(o, rep)
 		op := porcupine.Operation{ClientId: id, Input: in, Call: call, Return: ret}
 		switch {
 		case o == failed:

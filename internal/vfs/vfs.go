@@ -66,6 +66,8 @@ type Tx struct {
 // Committer replicates transactions of one database. See the package doc.
 type Committer interface {
 	Commit(conn uint64, tx *Tx) error
+	// DiskError is called when the disk refused a write of the WAL.
+	DiskError(err error)
 	// Retry is called when the commit frame of a transaction that Commit
 	// accepted could not be written (attempt counts from 0). It returns
 	// whether to try again, after waiting as long as it sees fit.
@@ -244,9 +246,15 @@ func (w *walFile) write(p []byte, off int64) (int, error) {
 	return w.File.WriteAt(p, off)
 }
 
-// put is write for SQLite: it gets its error codes.
+// put is write for SQLite: it gets its error codes. Before Raft, a disk
+// that refuses a write fails the transaction (SQLITE_FULL, or an I/O
+// error), and the committer hears of it: a leader that cannot write
+// should stop leading.
 func (w *walFile) put(p []byte, off int64) (int, error) {
 	n, err := w.write(p, off)
+	if err != nil && faults.IsDisk(err) {
+		w.state.committer.DiskError(err)
+	}
 	return n, sqliteErr(err)
 }
 
@@ -422,8 +430,9 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 		retry := s.committer.Retry(err, attempt)
 		s.mu.Lock()
 		if !retry {
+			// Never SQLITE_FULL here: that error means nothing replicated.
 			s.committer.Diverged(err)
-			return 0, sqliteErr(err)
+			return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
 		}
 	}
 	s.lastCommit = n

@@ -1,0 +1,156 @@
+package torture
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain runs the test binary as a torture node when the driver starts
+// it as one.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == NodeFlag {
+		os.Exit(NodeMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+func options(t *testing.T) Options {
+	t.Helper()
+	if !supported {
+		t.Skip("the suite needs to hand listeners to child processes and SIGSTOP them")
+	}
+	if testing.Short() {
+		t.Skip("runs node processes for a minute")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{Exe: []string{exe}, Dir: t.TempDir(), Log: testLog{t}, CheckTimeout: time.Minute}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestTorture_Short is the suite's short run: three nodes under every
+// nemesis for a minute, every workload, every check.
+func TestTorture_Short(t *testing.T) {
+	o := options(t)
+	o.Nodes, o.Clients, o.Seed, o.Duration = 3, 2, 7, 60*time.Second
+	o.Nemeses, o.Workloads = Nemeses, Workloads
+	o.LogStore = "wal"
+	results, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(Workloads) {
+		t.Fatalf("%d results for %d workloads", len(results), len(Workloads))
+	}
+	for _, r := range results {
+		t.Log(r)
+		if !r.Pass() {
+			t.Errorf("%s failed: %s", r.Workload, strings.Join(r.Problems, "; "))
+		}
+		if r.OK == 0 {
+			t.Errorf("%s: no operation succeeded: %v", r.Workload, r.Notes)
+		}
+		if r.Workload == "register" && r.Linearizable != "yes" {
+			t.Errorf("register history: linearizable=%s", r.Linearizable)
+		}
+	}
+}
+
+// TestTorture_NegativeControl reads registers from each node's own copy
+// while partitions isolate nodes: stale reads must follow, and the
+// linearizability check must catch them. If it did not, its "yes"
+// elsewhere would mean nothing.
+func TestTorture_NegativeControl(t *testing.T) {
+	o := options(t)
+	o.Nodes, o.Clients, o.Seed, o.Duration = 3, 4, 3, 25*time.Second
+	o.Nemeses, o.Workloads, o.LocalReads = []string{"partition"}, []string{"register"}, true
+	results, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := results[0]
+	t.Log(r)
+	if r.Linearizable != "no" {
+		t.Fatalf("local follower reads under partitions passed the linearizability check (%s): the checker is blind", r.Linearizable)
+	}
+}
+
+// TestNet_DropsAndHeals checks the fault-injecting network alone: dropped
+// traffic vanishes without an error, and healing closes the connection
+// that lost data, so no stream resumes with a hole.
+func TestNet_DropsAndHeals(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := map[string]int{l.Addr().String(): 1}
+	server, client := NewNet(1, slots), NewNet(0, slots)
+	fl := server.Listener(l)
+	defer fl.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := fl.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-accepted
+	defer s.Close()
+	if got := s.(*faultConn).peer; got != 0 {
+		t.Fatalf("accepted connection names slot %d, want 0", got)
+	}
+	read := func(want string) error {
+		s.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		b := make([]byte, len(want))
+		_, err := io.ReadFull(s, b)
+		if err == nil && string(b) != want {
+			t.Fatalf("read %q, want %q", b, want)
+		}
+		return err
+	}
+	if _, err := c.Write([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if err := read("one"); err != nil {
+		t.Fatal(err)
+	}
+	client.Drop([]int{1})
+	if n, err := c.Write([]byte("two")); err != nil || n != 3 {
+		t.Fatalf("a dropped write returned %d, %v: want 3, nil", n, err)
+	}
+	if err := read("two"); err == nil {
+		t.Fatal("dropped data arrived")
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer dcancel()
+	if _, err := client.Dial(dctx, l.Addr().String()); err == nil {
+		t.Fatal("a dial to a dropped peer succeeded")
+	}
+	client.Drop(nil)
+	if _, err := c.Write([]byte("three")); err == nil {
+		t.Fatal("a connection that lost data wrote again after healing")
+	}
+	if got := client.Dropped(); len(got) != 0 {
+		t.Fatalf("still dropping %v after healing", got)
+	}
+}
