@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -30,6 +31,7 @@ type Node struct {
 	lock       *os.File
 	notifyCh   chan bool
 	diskErr    chan struct{} // this node's disk refused a write
+	diskErrAt  atomic.Int64  // when it last did (Unix ns)
 	done       chan struct{}
 	unregister func()
 	wg         sync.WaitGroup
@@ -111,6 +113,7 @@ func New(cfg Config) (*Node, error) {
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
 		DiskError: func(error) {
+			n.diskErrAt.Store(time.Now().UnixNano())
 			select {
 			case n.diskErr <- struct{}{}:
 			default:
@@ -453,6 +456,9 @@ func (n *Node) barrier(epoch uint64) {
 
 func (n *Node) watchLeadership() {
 	defer n.wg.Done()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	var lastTransfer time.Time
 	for {
 		select {
 		case <-n.done:
@@ -470,18 +476,34 @@ func (n *Node) watchLeadership() {
 			n.mu.Unlock()
 			n.cfg.Logger.Info("leadership changed", "node", n.cfg.ID, "leader", leader)
 		case <-n.diskErr:
-			// A leader whose disk refuses writes cannot commit; the
-			// others can. The write is retried until the disk takes it.
-			if n.raft.State() == raft.Leader {
-				n.cfg.Logger.Warn("disk refuses writes: handing leadership on", "node", n.cfg.ID)
-				n.wg.Add(1)
-				go func() {
-					defer n.wg.Done()
-					n.raft.LeadershipTransfer()
-				}()
-			}
+			lastTransfer = n.handOver(lastTransfer)
+		case <-tick.C:
+			lastTransfer = n.handOver(lastTransfer)
 		}
 	}
+}
+
+// handOver hands leadership on if this node leads and its disk refused a
+// write in the last second: a leader that cannot write cannot commit, and
+// another node can. The refused write is retried until the disk takes it;
+// a node elected while its disk fails hands over again on the next tick.
+// At most one transfer per two seconds, so that a disk full on every node
+// does not bounce leadership around the cluster. It returns when the last
+// transfer started.
+func (n *Node) handOver(last time.Time) time.Time {
+	if time.Since(time.Unix(0, n.diskErrAt.Load())) > time.Second || time.Since(last) < 2*time.Second ||
+		n.raft.State() != raft.Leader {
+		return last
+	}
+	n.cfg.Logger.Warn("disk refuses writes: handing leadership on", "node", n.cfg.ID)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.cfg.Logger.Warn("leadership transfer failed", "node", n.cfg.ID, "err", err)
+		}
+	}()
+	return time.Now()
 }
 
 // Close stops the node: open transactions are rolled back, connections

@@ -256,9 +256,7 @@ func (d *DB) retryDisk(err error, attempt int, what string) bool {
 		d.opts.Logger.Error("disk refused a write; retrying until it takes it",
 			"database", d.Name, "write", what, "attempt", attempt, "err", err)
 	}
-	if attempt == 0 {
-		d.DiskError(err)
-	}
+	d.DiskError(err) // on every attempt: the node hears for as long as it lasts
 	time.Sleep(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond))
 	return !d.opts.stopping.Load()
 }

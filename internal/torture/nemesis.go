@@ -127,10 +127,7 @@ func (n *nemesis) inject(ctx context.Context, f fault) func() {
 		if f.variant%2 == 0 && leader >= 0 {
 			victim = leader
 		}
-		mode := faults.Full
-		if f.variant%4 >= 2 {
-			mode = faults.Broken
-		}
+		mode := []faults.Mode{faults.Full, faults.Full, faults.Broken, faults.Broken, faults.BadSync, faults.BadSync}[f.variant%6]
 		if victim < 0 {
 			return nil
 		}

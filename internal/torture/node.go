@@ -123,7 +123,7 @@ func NodeMain(args []string) int {
 		stop()
 	}()
 	<-ctx.Done()
-	faults.Set(faults.None)
+	faults.Set("", faults.None)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -246,7 +246,7 @@ func (nd *node) routes() http.Handler {
 			}
 		}
 		nd.net.Drop(drop)
-		faults.Set(faults.Mode(q["disk"]))
+		faults.Set("", faults.Mode(q["disk"]))
 		return reply{OK: true}
 	})
 	handle("/add", func(ctx context.Context, q map[string]int64) reply {
@@ -287,7 +287,7 @@ func (nd *node) routes() http.Handler {
 }
 
 func (nd *node) status(ctx context.Context, q map[string]int64) reply {
-	st := &status{Slot: nd.slot, ID: uint64(nd.n.ID()), IsLeader: nd.n.IsLeader(), Leader: nd.leaderSlot(), Disk: faults.Get().String()}
+	st := &status{Slot: nd.slot, ID: uint64(nd.n.ID()), IsLeader: nd.n.IsLeader(), Leader: nd.leaderSlot(), Disk: faults.Get(nd.n.Dir()).String()}
 	if m, err := nd.n.Members(ctx); err == nil {
 		st.Members = m
 	}

@@ -87,17 +87,22 @@ type frame struct {
 
 // walState is shared by every connection to one WAL file.
 type walState struct {
-	mu         sync.Mutex
-	committer  Committer
-	limit      int64
-	pageSize   int
-	lastCommit uint32            // frame number of the last commit frame
-	frames     map[uint32]*frame // frames after lastCommit
-	maxFrame   uint32            // highest frame number in frames
-	size       int64             // bytes held in frames
-	overflow   bool
-	held       []byte // header of the commit frame, held back
-	heldFrame  uint32
+	mu sync.Mutex
+	// unpublished: the last local transaction is committed (by Raft and
+	// by its commit frame) and SQLite may still be finishing it (checksum
+	// rewrites, sync); its writes must not fail. Until the next frame of a
+	// new transaction, a new WAL, or the FSM appending.
+	unpublished bool
+	committer   Committer
+	limit       int64
+	pageSize    int
+	lastCommit  uint32            // frame number of the last commit frame
+	frames      map[uint32]*frame // frames after lastCommit
+	maxFrame    uint32            // highest frame number in frames
+	size        int64             // bytes held in frames
+	overflow    bool
+	held        []byte // header of the commit frame, held back
+	heldFrame   uint32
 }
 
 func (s *walState) reset(pageSize int) {
@@ -190,6 +195,7 @@ func Committed(dbPath string, last uint32, pageSize int) {
 	s.pageSize = pageSize
 	s.lastCommit = last
 	s.dropTx()
+	s.unpublished = false
 	s.mu.Unlock()
 }
 
@@ -258,12 +264,27 @@ func (w *walFile) put(p []byte, off int64) (int, error) {
 	return n, sqliteErr(err)
 }
 
-// Sync asks the fault layer before syncing the WAL.
+// Sync asks the fault layer before syncing the WAL. A failed sync of a
+// transaction that Raft committed (with PRAGMA synchronous=FULL) is not an
+// error: its durability is the Raft log's, which a quorum synced, and a
+// node rebuilds its databases from that log when it restarts. Failing it
+// would make SQLite roll back locally what the cluster committed.
 func (w *walFile) Sync(flags sqlitevfs.SyncFlag) error {
-	if err := faults.Sync(w.name); err != nil {
-		return sqlite3.IOERR_FSYNC
+	err := faults.Sync(w.name)
+	if err == nil {
+		err = w.File.Sync(flags)
 	}
-	return w.File.Sync(flags)
+	if err == nil {
+		return nil
+	}
+	s := w.state
+	s.mu.Lock()
+	unpublished := s.unpublished
+	s.mu.Unlock()
+	if unpublished {
+		return nil
+	}
+	return sqlitevfs.SystemError(err, sqlite3.IOERR_FSYNC)
 }
 
 // sqliteErr is what SQLite reports for a failed write: "database or disk
@@ -290,6 +311,7 @@ func (w *walFile) Truncate(size int64) error {
 	if size <= wal.HeaderSize {
 		s.lastCommit = 0
 		s.dropTx()
+		s.unpublished = false
 	}
 	s.mu.Unlock()
 	return w.File.Truncate(size)
@@ -302,6 +324,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 
 	if off == 0 {
 		// A new WAL header: SQLite restarted the log.
+		s.unpublished = false
 		h, err := wal.DecodeHeader(p)
 		if err != nil {
 			return 0, sqlite3.IOERR_WRITE
@@ -315,8 +338,12 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if n <= s.lastCommit {
 		// walRewriteChecksums rewriting headers of a committed transaction.
+		if s.unpublished {
+			return w.mustWrite(p, off, nil, 0)
+		}
 		return w.put(p, off)
 	}
+	s.unpublished = false
 	switch {
 	case within == 0 && len(p) == wal.FrameHeaderSize:
 		// SQLite writes a frame header only to append a frame (an in-place
@@ -415,16 +442,31 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 		return 0, sqlite3.IOERR_WRITE
 	}
 	// Raft committed the transaction: its commit frame must reach the WAL.
-	// A disk that refuses it (full, failing) is retried until it takes
-	// it, for as long as the committer says: meanwhile this connection
-	// keeps the write lock, so no reader sees the database without the
-	// transaction and no later one starts.
-	var m int
+	m, err := w.mustWrite(held, off-wal.FrameHeaderSize, p, off)
+	if err != nil {
+		return m, err
+	}
+	s.lastCommit = n
+	s.dropTx()
+	s.unpublished = true
+	return m, nil
+}
+
+// mustWrite writes the pairs (bytes, offset) of a transaction that Raft
+// committed. A disk that refuses them (full, failing) is retried until it
+// takes them, for as long as the committer says: meanwhile the connection
+// keeps the write lock, so no reader sees the database without the
+// transaction and no later one starts. It returns what the last write
+// returned. s.mu is held.
+func (w *walFile) mustWrite(p1 []byte, off1 int64, p2 []byte, off2 int64) (int, error) {
+	s := w.state
 	for attempt := 0; ; attempt++ {
-		if _, err = w.write(held, off-wal.FrameHeaderSize); err == nil {
-			if m, err = w.write(p, off); err == nil {
-				break
-			}
+		m, err := w.write(p1, off1)
+		if err == nil && p2 != nil {
+			m, err = w.write(p2, off2)
+		}
+		if err == nil {
+			return m, nil
 		}
 		s.mu.Unlock()
 		retry := s.committer.Retry(err, attempt)
@@ -435,7 +477,4 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 			return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
 		}
 	}
-	s.lastCommit = n
-	s.dropTx()
-	return m, nil
 }

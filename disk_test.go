@@ -1,0 +1,167 @@
+package dqlite
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/internal/faults"
+)
+
+// Regression tests for what the fault-injection suite's disk nemesis found
+// (internal/torture): a disk that refuses writes must make a node stop
+// taking part and then recover, never stop a database for good, and never
+// keep the cluster from writing.
+
+// A follower whose disk fails stops applying, keeps its copy whole, and
+// catches up once the disk is back. Before, the first failed write marked
+// its database diverged until the node restarted.
+func TestDisk_FollowerRetriesUntilRepaired(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	f := (l + 1) % 3
+	db := c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	waitFor(t, 10*time.Second, "the follower to have the table", func() bool {
+		_, err := c.db(f, "test.db").Exec(`SELECT count(*) FROM t`)
+		return err == nil
+	})
+	dir := c.cfgs[f].Dir
+	faults.Set(dir, faults.Broken)
+	defer faults.Set(dir, faults.None)
+	o := newOutcome()
+	for id := int64(1); id <= 20; id++ {
+		_, err := db.Exec(`INSERT INTO t VALUES (?)`, id)
+		o.record(id, err)
+	}
+	if len(o.acked) != 20 {
+		t.Fatalf("the two healthy nodes committed %d of 20 inserts", len(o.acked))
+	}
+	d := c.nodes[f].fsm.Database("test.db")
+	if err := d.Failed(); err != nil {
+		t.Fatalf("the follower gave up on its copy: %v", err)
+	}
+	var n int
+	if err := c.db(f, "test.db").QueryRow(`SELECT count(*) FROM t`).Scan(&n); err != nil {
+		t.Fatalf("the follower stopped serving reads: %v", err)
+	}
+	if n == 20 {
+		t.Fatal("the follower applied every insert through a broken disk")
+	}
+	faults.Set(dir, faults.None)
+	c.check("test.db", `SELECT id FROM t`, o)
+}
+
+// A leader whose disk is full fails its commits before Raft sees them
+// (SQLITE_FULL: nothing replicated) and hands leadership on, so the cluster
+// keeps taking writes. Before, its commits failed for as long as the disk
+// was full while it kept leading, and the commit frame, written only after
+// Raft committed, could fail there and stop the database on the leader.
+func TestDisk_FullLeaderHandsOver(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	db := c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)`)
+	dir := c.cfgs[l].Dir
+	faults.Set(dir, faults.Full)
+	defer faults.Set(dir, faults.None)
+	o := newOutcome()
+	_, err := db.Exec(`INSERT INTO t VALUES (1, randomblob(10000))`)
+	if !errors.Is(err, sqlite3.FULL) {
+		t.Fatalf("commit on a full disk: %v, want SQLITE_FULL", err)
+	}
+	o.record(1, err)
+	var nl int
+	waitFor(t, 20*time.Second, "another node to lead", func() bool {
+		for i, n := range c.nodes {
+			if i != l && n.IsLeader() {
+				nl = i
+				return true
+			}
+		}
+		return false
+	})
+	for id := int64(2); id <= 10; id++ {
+		_, err := c.db(nl, "test.db").Exec(`INSERT INTO t VALUES (?, randomblob(100))`, id)
+		o.record(id, err)
+	}
+	if len(o.acked) != 9 {
+		t.Fatalf("the new leader committed %d of 9 inserts", len(o.acked))
+	}
+	faults.Set(dir, faults.None)
+	c.check("test.db", `SELECT id FROM t`, o)
+}
+
+// A disk that fails after Raft committed a transaction, when the leader
+// writes its commit frame, is retried until it works: the transaction
+// commits, the leader hands leadership on meanwhile, and nothing diverges.
+// Before, the leader stopped serving the database for good.
+func TestDisk_CommitFrameRetried(t *testing.T) {
+	h := &hooks{}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })
+	l := c.waitLeader()
+	db := c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	dir := c.cfgs[l].Dir
+	defer faults.Set(dir, faults.None)
+	var armed atomic.Bool
+	armed.Store(true)
+	h.afterCommit = func() {
+		if armed.CompareAndSwap(true, false) {
+			faults.Set(dir, faults.Broken)
+			go func() {
+				// Repaired once the leader handed leadership on (or in 20s,
+				// and then the test fails below).
+				for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					if c.nodes[l].raft.State() != raft.Leader {
+						break
+					}
+				}
+				faults.Set(dir, faults.None)
+			}()
+		}
+	}
+	o := newOutcome()
+	_, err := db.Exec(`INSERT INTO t VALUES (1)`)
+	if err != nil {
+		t.Fatalf("a transaction Raft committed failed when its commit frame was retried: %v", err)
+	}
+	o.record(1, err)
+	if c.nodes[l].raft.State() == raft.Leader {
+		t.Error("the leader kept leading while its disk refused the commit frame")
+	}
+	if err := c.nodes[l].fsm.Database("test.db").Failed(); err != nil {
+		t.Fatalf("the old leader stopped serving: %v", err)
+	}
+	c.check("test.db", `SELECT id FROM t`, o)
+}
+
+// A failed fsync of the WAL after Raft committed the transaction (with
+// PRAGMA synchronous=FULL, SQLite syncs after the commit frame) must not
+// make SQLite roll back locally what the cluster committed: durability is
+// the Raft log's. Found in review of the disk nemesis's fixes.
+func TestDisk_FailedSyncAfterCommit(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	db := c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	conn := mustConn(t, db)
+	mustExec(t, conn, `PRAGMA synchronous=FULL`)
+	dir := c.cfgs[l].Dir
+	faults.Set(dir, faults.BadSync)
+	defer faults.Set(dir, faults.None)
+	o := newOutcome()
+	_, err := conn.ExecContext(context.Background(), `INSERT INTO t VALUES (1)`)
+	if err != nil {
+		t.Fatalf("commit with failing fsyncs: %v", err)
+	}
+	o.record(1, err)
+	faults.Set(dir, faults.None)
+	conn.Close()
+	c.check("test.db", `SELECT id FROM t`, o)
+}
