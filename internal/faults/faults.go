@@ -26,10 +26,10 @@ import (
 type Mode int32
 
 const (
-	None   Mode = iota // writes succeed
-	Full               // no space: growing a file fails with ENOSPC
-	Broken             // every write and fsync fails with EIO
-	BadSync            // writes succeed, every fsync fails with EIO
+	None    Mode = iota // writes succeed
+	Full                // no space: growing a file fails with ENOSPC
+	Broken              // every write and fsync fails with EIO
+	BadSync             // writes succeed, every fsync fails with EIO
 )
 
 func (m Mode) String() string {
