@@ -2,12 +2,16 @@ package torture
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 )
 
 // TestMain runs the test binary as a torture node when the driver starts
@@ -152,5 +156,66 @@ func TestNet_DropsAndHeals(t *testing.T) {
 	}
 	if got := client.Dropped(); len(got) != 0 {
 		t.Fatalf("still dropping %v after healing", got)
+	}
+}
+
+// The same seed gives the same schedule of faults; another seed another.
+func TestSchedule_Deterministic(t *testing.T) {
+	a := schedule(42, Nemeses, 5*time.Minute)
+	b := schedule(42, Nemeses, 5*time.Minute)
+	c := schedule(43, Nemeses, 5*time.Minute)
+	if len(a) < 20 {
+		t.Fatalf("%d faults in 5 minutes", len(a))
+	}
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatal("one seed gave two schedules")
+	}
+	if fmt.Sprint(a) == fmt.Sprint(c) {
+		t.Fatal("two seeds gave one schedule")
+	}
+	kinds := map[string]bool{}
+	for _, f := range a {
+		kinds[f.kind] = true
+	}
+	if len(kinds) != len(Nemeses) {
+		t.Fatalf("5 minutes of every nemesis drew only %v", kinds)
+	}
+}
+
+// The register model accepts what a register may do and rejects a stale
+// read, so that "linearizable=yes" means something.
+func TestRegisterModel(t *testing.T) {
+	op := func(client int, call, ret int64, in regInput, out regOutput) porcupine.Operation {
+		return porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
+	}
+	w := func(k, v int64) regInput { return regInput{Op: "write", Key: k, V: v} }
+	r := func(k int64) regInput { return regInput{Op: "read", Key: k} }
+	cas := func(k, old, v int64) regInput { return regInput{Op: "cas", Key: k, Old: old, V: v} }
+	for _, tc := range []struct {
+		name string
+		ops  []porcupine.Operation
+		want porcupine.CheckResult
+	}{
+		{"write then read", []porcupine.Operation{
+			op(0, 0, 10, w(1, 3), regOutput{}), op(1, 20, 30, r(1), regOutput{Value: 3})}, porcupine.Ok},
+		{"stale read", []porcupine.Operation{
+			op(0, 0, 10, w(1, 3), regOutput{}), op(1, 20, 30, r(1), regOutput{Value: 0})}, porcupine.Illegal},
+		{"unknown write may have happened", []porcupine.Operation{
+			op(0, 0, math.MaxInt64, w(1, 3), regOutput{Unknown: true}), op(1, 20, 30, r(1), regOutput{Value: 3})}, porcupine.Ok},
+		{"unknown write may not have happened", []porcupine.Operation{
+			op(0, 0, math.MaxInt64, w(1, 3), regOutput{Unknown: true}), op(1, 20, 30, r(1), regOutput{Value: 0})}, porcupine.Ok},
+		{"cas succeeds on its value", []porcupine.Operation{
+			op(0, 0, 10, w(1, 2), regOutput{}), op(1, 20, 30, cas(1, 2, 4), regOutput{OK: true}),
+			op(0, 40, 50, r(1), regOutput{Value: 4})}, porcupine.Ok},
+		{"cas cannot succeed on another value", []porcupine.Operation{
+			op(0, 0, 10, w(1, 2), regOutput{}), op(1, 20, 30, cas(1, 3, 4), regOutput{OK: true})}, porcupine.Illegal},
+		{"cas cannot fail on its value", []porcupine.Operation{
+			op(0, 0, 10, w(1, 2), regOutput{}), op(1, 20, 30, cas(1, 2, 4), regOutput{OK: false})}, porcupine.Illegal},
+		{"keys are independent", []porcupine.Operation{
+			op(0, 0, 10, w(1, 2), regOutput{}), op(1, 20, 30, r(2), regOutput{Value: 0})}, porcupine.Ok},
+	} {
+		if got := porcupine.CheckOperationsTimeout(registerModel, tc.ops, 10*time.Second); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
 	}
 }
