@@ -56,13 +56,47 @@ func openLogStore(cfg Config, hlog hclog.Logger) (logStore, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open raft log %s: %w", walDir, err)
 		}
-		return w, nil
+		return gapless{w}, nil
 	}
 	store, err := raftboltdb.New(raftboltdb.Options{Path: bolt, BoltOptions: &bbolt.Options{Timeout: time.Second}})
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", bolt, err)
 	}
 	return store, nil
+}
+
+// gapless is raft-wal as a log store that takes a gap, as BoltDB does, and
+// does not tell Raft it cannot (raft.MonotonicLogStore). Raft then installs
+// a snapshot on a follower the way it does over BoltDB: it deletes the log
+// up to the snapshot and keeps the entries after it. Over a monotonic
+// store, hashicorp/raft v1.7.3 deletes the whole log but goes on believing
+// it holds the entries after the snapshot, and a follower whose log ran
+// ahead of the snapshot it received panics ("log not found") at its next
+// commit (hashicorp/raft#697; the fault-injection suite hit it on a node
+// added under load). The only gap Raft makes is the first append after a
+// snapshot beyond the end of the log: the entries before it are then
+// deleted, since raft-wal keeps one contiguous range.
+type gapless struct{ logStore }
+
+func (g gapless) StoreLog(l *raft.Log) error { return g.StoreLogs([]*raft.Log{l}) }
+
+func (g gapless) StoreLogs(logs []*raft.Log) error {
+	if len(logs) > 0 {
+		last, err := g.LastIndex()
+		if err != nil {
+			return err
+		}
+		if last > 0 && logs[0].Index > last+1 {
+			first, err := g.FirstIndex()
+			if err != nil {
+				return err
+			}
+			if err := g.DeleteRange(first, last); err != nil {
+				return fmt.Errorf("clear the log before entry %d: %w", logs[0].Index, err)
+			}
+		}
+	}
+	return g.logStore.StoreLogs(logs)
 }
 
 // faultVFS is raft-wal's file layer with the fault layer before every

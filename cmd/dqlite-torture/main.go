@@ -80,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		o.Seed = time.Now().UnixNano() % 1_000_000
 	}
 	if o.LogStore == "" {
-		o.LogStore = []string{"bolt", "wal"}[o.Seed%2]
+		o.LogStore = []string{"bolt", "wal"}[(o.Seed%2+2)%2]
 	}
 	o.Nemeses, o.Workloads = list(*nem, torture.Nemeses), list(*wl, torture.Workloads)
 	if o.Dir == "" {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -23,7 +24,8 @@ import (
 type procState int
 
 const (
-	down procState = iota
+	down     procState = iota
+	starting           // started, its endpoint not answering yet
 	up
 	paused
 )
@@ -39,15 +41,17 @@ type proc struct {
 	httpAddr string
 
 	// guarded by cluster.mu
-	id      uint64
-	state   procState
-	member  bool
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	exited  chan struct{}
-	killing bool // the driver is stopping it: its exit is expected
-	exitErr error
-	starts  int
+	id       uint64
+	state    procState
+	member   bool
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	exited   chan struct{}
+	killing  bool // the driver is stopping it: its exit is expected
+	exitErr  error
+	wiped    bool   // its directory was removed: it may only come back under a new ID
+	idAtWipe uint64 // the ID it had then
+	starts   int
 }
 
 // cluster runs the node processes of a torture run.
@@ -57,6 +61,8 @@ type cluster struct {
 	logStore string
 	logf     func(format string, a ...any)
 	client   *http.Client
+
+	faultGen atomic.Int64 // generation of the nemesis's last /fault request
 
 	mu      sync.Mutex
 	procs   []*proc
@@ -124,11 +130,14 @@ func (c *cluster) start(i int, bootstrap, slots string) error {
 	if p.state != down {
 		return fmt.Errorf("slot %d is already running", i)
 	}
+	if p.wiped && p.starts > 0 && p.idAtWipe == p.id {
+		return fmt.Errorf("slot %d's directory was wiped: node %d cannot come back (a voter that forgot its log)", i, p.id)
+	}
 	if slots == "" {
 		slots = c.slotList()
 	}
 	args := append(append([]string{}, c.exe[1:]...), NodeFlag, "-slot", fmt.Sprint(i), "-id", fmt.Sprint(p.id),
-		"-dir", p.dir, "-slots", slots, "-logstore", c.logStore)
+		"-dir", p.dir, "-slots", slots, "-logstore", c.logStore, "-fault-gen", fmt.Sprint(c.faultGen.Load()))
 	if bootstrap != "" {
 		args = append(args, "-cluster", bootstrap)
 	}
@@ -149,9 +158,28 @@ func (c *cluster) start(i int, bootstrap, slots string) error {
 		logFile.Close()
 		return err
 	}
-	p.cmd, p.stdin, p.state, p.killing, p.exited = cmd, stdin, up, false, make(chan struct{})
+	p.cmd, p.stdin, p.state, p.killing, p.exited = cmd, stdin, starting, false, make(chan struct{})
 	p.starts++
 	exited := p.exited
+	go func() {
+		// Up once its endpoint answers: clients do not queue requests on a
+		// node that is still starting.
+		for {
+			select {
+			case <-exited:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := c.status(context.Background(), i); err == nil {
+				c.mu.Lock()
+				if p.cmd == cmd && p.state == starting {
+					p.state = up
+				}
+				c.mu.Unlock()
+				return
+			}
+		}
+	}()
 	go func() {
 		err := cmd.Wait()
 		logFile.Close()
@@ -232,7 +260,24 @@ func (c *cluster) resume(i int) error {
 }
 
 // wipe removes slot i's data directory.
-func (c *cluster) wipe(i int) error { return os.RemoveAll(c.procs[i].dir) }
+func (c *cluster) wipe(i int) error {
+	c.mu.Lock()
+	p := c.procs[i]
+	p.wiped, p.idAtWipe = true, p.id
+	c.mu.Unlock()
+	return os.RemoveAll(p.dir)
+}
+
+// waitUp waits up to d for slot i's endpoint to answer.
+func (c *cluster) waitUp(i int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		states, _, _ := c.view()
+		if states[i] == up {
+			return true
+		}
+	}
+	return false
+}
 
 // close kills every node and releases the listeners.
 func (c *cluster) close() {

@@ -143,11 +143,18 @@ func (n *nemesis) inject(ctx context.Context, f fault) func() {
 	return nil
 }
 
-// fault sets slot i's network drops (a bit mask of slots) and disk.
+// fault sets slot i's network drops (a bit mask of slots) and disk. A
+// node that is starting is waited for; one that is down or stopped is
+// skipped (it starts without faults). Each request carries a generation,
+// so that one that waited in the listen queue never undoes a newer one.
 func (n *nemesis) fault(ctx context.Context, i int, drop uint64, disk faults.Mode) {
+	if !n.c.waitUp(i, 10*time.Second) {
+		return
+	}
+	gen := n.c.faultGen.Add(1)
 	for try := 0; try < 5; try++ {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, o := n.c.call(cctx, i, "/fault", map[string]int64{"drop": int64(drop), "disk": int64(disk)})
+		_, o := n.c.call(cctx, i, "/fault", map[string]int64{"drop": int64(drop), "disk": int64(disk), "gen": gen})
 		cancel()
 		if o == ok || ctx.Err() != nil {
 			return
@@ -222,7 +229,7 @@ func allBits(c *cluster) uint64 { return 1<<len(c.procs) - 1 }
 func (n *nemesis) healAll(ctx context.Context) {
 	states, _, _ := n.c.view()
 	for i, st := range states {
-		if st == up {
+		if st == up || st == starting {
 			n.fault(ctx, i, 0, faults.None)
 		}
 	}
@@ -313,17 +320,25 @@ func (n *nemesis) member(ctx context.Context, f fault, leader int) {
 	}
 }
 
-// resync sets the driver's membership from the leader's, and stops and
-// wipes nodes that are not members.
+// resync sets the driver's membership from the cluster's committed
+// configuration, and stops and wipes nodes that are not members. A write
+// through the leader first commits every configuration change before it in
+// the leader's log, so the leader's latest configuration is then the
+// committed one (the nemesis changes membership one step at a time). A
+// member whose directory the driver wiped is removed: it must not come back
+// as a voter that forgot its log.
 func (n *nemesis) resync(ctx context.Context) {
 	c := n.c
-	for try := 0; try < 50 && ctx.Err() == nil; try++ {
+	for try := 0; try < 30 && ctx.Err() == nil; try++ {
 		l := c.waitLeader(ctx, 10*time.Second)
 		if l < 0 {
 			continue
 		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, o := c.call(cctx, l, "/marker/write", map[string]int64{"v": -time.Now().UnixNano()})
+		cancel()
 		st, err := c.status(ctx, l)
-		if err != nil || len(st.Members) == 0 {
+		if o != ok || err != nil || !st.IsLeader || len(st.Members) == 0 {
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
@@ -331,18 +346,47 @@ func (n *nemesis) resync(ctx context.Context) {
 		for _, m := range st.Members {
 			in[uint64(m.ID)] = true
 		}
-		states, members, ids := c.view()
-		for s, id := range ids {
-			c.setMember(s, in[id])
-			if !in[id] && (members[s] || states[s] != down) {
-				n.logf("nemesis: slot %d (node %d) is not a member: stopped and wiped", s, id)
-				c.kill(s, false)
-				c.wipe(s)
-			}
-			if !members[s] && in[id] {
-				n.logf("nemesis: slot %d (node %d) is a member after all", s, id)
-			}
+		c.mu.Lock()
+		type change struct {
+			slot   int
+			id     uint64
+			remove bool // a wiped voter: remove it from the cluster
+			stop   bool // not a member: stop and wipe it
 		}
-		return
+		var changes []change
+		for s, p := range c.procs {
+			switch {
+			case in[p.id] && p.wiped && p.idAtWipe == p.id:
+				changes = append(changes, change{slot: s, id: p.id, remove: true})
+			case !in[p.id] && (p.member || p.state != down):
+				changes = append(changes, change{slot: s, id: p.id, stop: true})
+			case in[p.id] && !p.member:
+				n.logf("nemesis: slot %d (node %d) is a member after all", s, p.id)
+			}
+			p.member = in[p.id]
+		}
+		c.mu.Unlock()
+		for _, ch := range changes {
+			if ch.stop {
+				n.logf("nemesis: slot %d (node %d) is not a member: stopped and wiped", ch.slot, ch.id)
+				c.kill(ch.slot, false)
+				c.wipe(ch.slot)
+				continue
+			}
+			n.logf("nemesis: slot %d (node %d) is a member whose directory was wiped: removing it", ch.slot, ch.id)
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, o := c.call(cctx, l, "/remove", map[string]int64{"id": int64(ch.id)})
+			cancel()
+			if o != ok {
+				sleep(ctx, 200*time.Millisecond)
+				try-- // until it is gone
+				continue
+			}
+			c.setMember(ch.slot, false)
+			c.kill(ch.slot, false)
+		}
+		if len(changes) == 0 || !changes[0].remove {
+			return
+		}
 	}
 }

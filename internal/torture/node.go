@@ -54,8 +54,9 @@ type node struct {
 	net   *Net
 	slots map[string]int
 
-	mu  sync.Mutex
-	dbs map[string]*sql.DB
+	mu       sync.Mutex
+	dbs      map[string]*sql.DB
+	faultGen int64 // of the last /fault request applied
 }
 
 // NodeMain runs a torture node with args (after NodeFlag) and returns its
@@ -70,6 +71,7 @@ func NodeMain(args []string) int {
 	cluster := fs.String("cluster", "", "id=address,... to bootstrap a new cluster with")
 	addrs := fs.String("slots", "", "slot=address,... of every slot's Raft address")
 	logStore := fs.String("logstore", "bolt", "Raft log store")
+	faultGen := fs.Int64("fault-gen", 0, "generation of the driver's faults when this node started: older /fault requests are ignored")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -111,7 +113,7 @@ func NodeMain(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	nd := &node{n: dn, slot: *slot, net: nt, slots: slots, dbs: map[string]*sql.DB{}}
+	nd := &node{n: dn, slot: *slot, net: nt, slots: slots, dbs: map[string]*sql.DB{}, faultGen: *faultGen + 1}
 	srv := &http.Server{Handler: nd.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(hl)
 	logger.Info("torture node up", "slot", *slot, "id", *id, "raft", rl.Addr(), "http", hl.Addr())
@@ -239,6 +241,14 @@ func (nd *node) routes() http.Handler {
 	}
 	handle("/status", nd.status)
 	handle("/fault", func(ctx context.Context, q map[string]int64) reply {
+		// A request that waited in the listen queue while the node was
+		// down or stopped may arrive after a newer one: keep the newest.
+		nd.mu.Lock()
+		defer nd.mu.Unlock()
+		if q["gen"] < nd.faultGen { // older than this process or than the last applied
+			return reply{OK: true}
+		}
+		nd.faultGen = q["gen"]
 		var drop []int
 		for s := 0; s < 64; s++ {
 			if q["drop"]&(1<<s) != 0 {
@@ -383,18 +393,24 @@ func (nd *node) bankTransfer(ctx context.Context, q map[string]int64) reply {
 	if r != nil {
 		return *r
 	}
+	// Both balances are read and written back as absolute values, as
+	// Jepsen's bank does: a transfer computed from a stale or
+	// non-serializable read then changes the total, which reads catch.
 	return nd.tx(ctx, db, func(tx *sql.Tx) (reply, error) {
-		var bal int64
-		if err := tx.QueryRow(`SELECT bal FROM acct WHERE id = ?`, q["from"]).Scan(&bal); err != nil {
+		var from, to int64
+		if err := tx.QueryRow(`SELECT bal FROM acct WHERE id = ?`, q["from"]).Scan(&from); err != nil {
 			return reply{}, err
 		}
-		if bal < q["amount"] {
+		if err := tx.QueryRow(`SELECT bal FROM acct WHERE id = ?`, q["to"]).Scan(&to); err != nil {
+			return reply{}, err
+		}
+		if from < q["amount"] {
 			return reply{OK: true, Value: 0}, nil // nothing to move: a no-op
 		}
-		if _, err := tx.Exec(`UPDATE acct SET bal = bal - ? WHERE id = ?`, q["amount"], q["from"]); err != nil {
+		if _, err := tx.Exec(`UPDATE acct SET bal = ? WHERE id = ?`, from-q["amount"], q["from"]); err != nil {
 			return reply{}, err
 		}
-		if _, err := tx.Exec(`UPDATE acct SET bal = bal + ? WHERE id = ?`, q["amount"], q["to"]); err != nil {
+		if _, err := tx.Exec(`UPDATE acct SET bal = ? WHERE id = ?`, to+q["amount"], q["to"]); err != nil {
 			return reply{}, err
 		}
 		return reply{OK: true, Value: q["amount"]}, nil

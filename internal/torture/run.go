@@ -179,6 +179,9 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 	for _, w := range wls {
 		r := w.check(finals[w.db()])
 		r.Problems = append(r.Problems, problems...)
+		if r.OK == 0 {
+			r.Problems = append(r.Problems, "no operation succeeded")
+		}
 		results = append(results, r)
 		logf("%s", r)
 		for _, p := range r.Problems {
@@ -284,6 +287,9 @@ func converge(ctx context.Context, c *cluster, nem *nemesis, logf func(string, .
 		}
 	}
 	if !written {
+		c.mu.Lock()
+		problems = append(problems, c.crashes...)
+		c.mu.Unlock()
 		return finals, append(problems, fmt.Sprintf("the cluster took no write within 90s after healing: %s", last))
 	}
 	live := c.memberSlots()
@@ -301,6 +307,31 @@ func converge(ctx context.Context, c *cluster, nem *nemesis, logf func(string, .
 		}
 		if !seen {
 			problems = append(problems, fmt.Sprintf("slot %d did not apply the final marker within 90s of healing (stuck)", s))
+		}
+	}
+	// The cluster's committed configuration (the marker committed after
+	// every change) must be the driver's members, and no other node may run.
+	if l := c.waitLeader(ctx, 10*time.Second); l >= 0 {
+		if st, err := c.status(ctx, l); err == nil {
+			var got, want []uint64
+			for _, m := range st.Members {
+				got = append(got, uint64(m.ID))
+			}
+			_, _, ids := c.view()
+			for _, s := range live {
+				want = append(want, ids[s])
+			}
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				problems = append(problems, fmt.Sprintf("the cluster's members are nodes %v, the driver's %v", got, want))
+			}
+		}
+	}
+	states, members, _ = c.view()
+	for i := range states {
+		if !members[i] && states[i] != down {
+			problems = append(problems, fmt.Sprintf("slot %d runs but is not a member", i))
 		}
 	}
 	for db := range dbNames {

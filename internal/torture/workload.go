@@ -13,10 +13,10 @@ import (
 	"github.com/anishathalye/porcupine"
 )
 
-// opTimeout bounds one client request: longer than the nodes' ApplyTimeout,
-// so that a commit without quorum fails on the node before the client
-// gives up on it.
-const opTimeout = 6 * time.Second
+// opTimeout bounds one client request: longer than the nodes'
+// BusyTimeout and ApplyTimeout together, so that a commit without quorum
+// fails on the node, with its error, before the client gives up on it.
+const opTimeout = 8 * time.Second
 
 // router sends a client's requests: writes (and strong reads) to the node
 // it believes leads, reads to any node.
@@ -214,6 +214,12 @@ func (w *setWorkload) check(finals map[int]*final) Result {
 				res.Problems = append(res.Problems, fmt.Sprintf("slot %d: acknowledged value %d is missing", s, v))
 			}
 		}
+		for v := range present {
+			if !w.acked[v] && !w.unknown[v] && !w.failed[v] {
+				res.Lost++
+				res.Problems = append(res.Problems, fmt.Sprintf("slot %d: value %d, never inserted, is present", s, v))
+			}
+		}
 		for v := range w.failed {
 			if present[v] {
 				res.Lost++
@@ -290,6 +296,9 @@ func (w *bankWorkload) check(finals map[int]*final) Result {
 		w.checkRead(fmt.Sprintf("final copy on slot %d", s), finals[s].Values)
 	}
 	res.Reads, res.BadReads = int(w.reads.Load()), int(w.badReads.Load())
+	if res.Reads == 0 {
+		res.Problems = append(res.Problems, "no read succeeded: nothing was checked")
+	}
 	res.Lost = res.BadReads
 	res.Problems = append(res.Problems, w.bad...)
 	return res
@@ -304,6 +313,7 @@ type registerWorkload struct {
 	local   bool // read each node's own copy (the negative control)
 	start   time.Time
 	seq     atomic.Int64
+	okReads atomic.Int64
 	timeout time.Duration
 	dir     string
 
@@ -376,6 +386,9 @@ func (w *registerWorkload) client(ctx context.Context, r *router, id int) {
 			op.Output, op.Return = regOutput{Unknown: true}, math.MaxInt64
 		default:
 			op.Output = regOutput{Value: rep.Value, OK: rep.Value == 1}
+			if in.Op == "read" {
+				w.okReads.Add(1)
+			}
 		}
 		w.mu.Lock()
 		w.ops = append(w.ops, op)
@@ -441,6 +454,9 @@ var registerModel = porcupine.Model{
 func (w *registerWorkload) check(finals map[int]*final) Result {
 	res := w.result("register")
 	res.Divergent, res.Problems = divergence(finals)
+	if w.okReads.Load() == 0 {
+		res.Problems = append(res.Problems, "no read succeeded: nothing was checked")
+	}
 	w.mu.Lock()
 	ops := append([]porcupine.Operation(nil), w.ops...)
 	w.mu.Unlock()
@@ -459,7 +475,7 @@ func (w *registerWorkload) check(finals map[int]*final) Result {
 		}
 	default:
 		res.Linearizable = "unknown"
-		res.Notes = append(res.Notes, fmt.Sprintf("the linearizability check of %d operations timed out after %v", len(ops), w.timeout))
+		res.Problems = append(res.Problems, fmt.Sprintf("the linearizability check of %d operations did not finish in %v", len(ops), w.timeout))
 	}
 	return res
 }
