@@ -224,9 +224,14 @@ func (c *cluster) kill(i int, clean bool) error {
 			}
 			return nil
 		case <-time.After(30 * time.Second):
-			proc.Kill()
-			<-exited
-			return fmt.Errorf("slot %d did not stop within 30s of SIGTERM (stuck)", i)
+			dump(proc) // its goroutines, in its log
+			select {
+			case <-exited:
+			case <-time.After(5 * time.Second):
+				proc.Kill()
+				<-exited
+			}
+			return fmt.Errorf("slot %d did not stop within 30s of SIGTERM (stuck; its goroutines are in node%d.log)", i, i)
 		}
 	}
 	proc.Kill()

@@ -16,3 +16,6 @@ func resume(p *os.Process) error { return p.Signal(syscall.SIGCONT) }
 func terminate(p *os.Process) error {
 	return p.Signal(syscall.SIGTERM)
 }
+
+// dump makes a stuck node print its goroutines to its log and exit.
+func dump(p *os.Process) error { return p.Signal(syscall.SIGQUIT) }

@@ -14,3 +14,5 @@ var errUnsupported = errors.New("torture: not supported on Windows")
 func pause(*os.Process) error       { return errUnsupported }
 func resume(*os.Process) error      { return errUnsupported }
 func terminate(p *os.Process) error { return p.Kill() }
+
+func dump(p *os.Process) error { return p.Kill() }

@@ -35,7 +35,18 @@ func options(t *testing.T) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Options{Exe: []string{exe}, Dir: t.TempDir(), Log: testLog{t}, CheckTimeout: time.Minute}
+	dir, err := os.MkdirTemp("", "dqlite-"+t.Name()+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the run's directory is kept: %s", dir)
+		} else {
+			os.RemoveAll(dir)
+		}
+	})
+	return Options{Exe: []string{exe}, Dir: dir, Log: testLog{t}, CheckTimeout: time.Minute}
 }
 
 type testLog struct{ t *testing.T }
