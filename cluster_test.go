@@ -36,17 +36,19 @@ func TestMain(m *testing.M) {
 }
 
 // liveGoroutines counts the goroutines, less those that wait forever on a
-// Raft apply future that hashicorp/raft dropped: at Shutdown, entries
-// already handed to its FSM goroutine are never answered, and apply
-// futures (unlike its other futures) do not watch for shutdown. Node.propose
-// waits on each future in a goroutine of its own, which then stays blocked;
-// nothing in this module can release it.
+// Raft future that hashicorp/raft dropped: at Shutdown, entries already
+// handed to its FSM goroutine (apply and barrier futures) and a queued
+// leadership transfer are never answered, and those futures do not watch
+// for shutdown. Node.propose and Node.await wait on each future in a
+// goroutine of their own, which then stays blocked; nothing in this module
+// can release it.
 func liveGoroutines() int {
 	buf := make([]byte, 1<<22)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		if bytes.Contains(g, []byte("raft.(*deferError).Error")) && bytes.Contains(g, []byte("dqlite.(*Node).propose.func")) {
+		if bytes.Contains(g, []byte("raft.(*deferError).Error")) &&
+			(bytes.Contains(g, []byte("dqlite.(*Node).propose.func")) || bytes.Contains(g, []byte("dqlite.(*Node).await.func"))) {
 			continue
 		}
 		n++

@@ -420,6 +420,9 @@ func (n *Node) propose(cmd []byte) error {
 func (n *Node) unready() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.closed {
+		return // Close rolled back everything; its wg.Wait may be under way
+	}
 	n.epoch++
 	n.ready = false
 	n.abortAll(ErrLeadershipLost, false)
@@ -445,12 +448,28 @@ func (n *Node) abortAll(cause error, closing bool) {
 // unless leadership changed meanwhile.
 func (n *Node) barrier(epoch uint64) {
 	defer n.wg.Done()
-	err := n.raft.Barrier(0).Error()
+	err := n.await(n.raft.Barrier(0))
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err == nil && epoch == n.epoch && !n.closed && n.raft.State() == raft.Leader {
 		n.ready = true
 		n.cfg.Logger.Info("leader ready", "node", n.cfg.ID)
+	}
+}
+
+// await waits for a Raft future, or for Close. hashicorp/raft drops some
+// futures at Shutdown without answering them (a barrier handed to its FSM
+// goroutine, a leadership transfer queued as it stops): Close must not
+// wait for those. The goroutine that waits on such a future stays blocked;
+// nothing in this module can release it.
+func (n *Node) await(f raft.Future) error {
+	ch := make(chan error, 1)
+	go func() { ch <- f.Error() }()
+	select {
+	case err := <-ch:
+		return err
+	case <-n.done:
+		return ErrClosed
 	}
 }
 
@@ -499,7 +518,7 @@ func (n *Node) handOver(last time.Time) time.Time {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		if err := n.await(n.raft.LeadershipTransfer()); err != nil && !errors.Is(err, ErrClosed) {
 			n.cfg.Logger.Warn("leadership transfer failed", "node", n.cfg.ID, "err", err)
 		}
 	}()
@@ -523,9 +542,13 @@ func (n *Node) Close() error {
 	n.unregister()
 	close(n.done)
 	n.fsm.Stop()
-	err := n.raft.Shutdown().Error()
-	n.wg.Wait()
+	shutdown := n.raft.Shutdown()
+	// Raft's shutdown waits for its RPCs; cut their connections, or one to
+	// a dead peer runs to its 10 s deadline (a snapshot's, longer).
 	n.trans.CloseStreams()
+	n.stream.closeConns()
+	err := shutdown.Error()
+	n.wg.Wait()
 	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close(), n.lock.Close())
 }
 

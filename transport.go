@@ -10,21 +10,24 @@ import (
 )
 
 // streamLayer carries Raft's connections: accepted on a listener, dialed
-// with a function (by default plain TCP). Closing it also closes the
-// connections it accepted, which hashicorp/raft's transport leaves open.
+// with a function (by default plain TCP). It tracks both kinds: closing it
+// closes those it accepted, which hashicorp/raft's transport leaves open,
+// and closeConns cuts every one at shutdown.
 type streamLayer struct {
 	net.Listener
 	dial func(ctx context.Context, address string) (net.Conn, error)
 
-	mu       sync.Mutex
-	accepted map[net.Conn]bool
-	closed   bool
+	mu     sync.Mutex
+	conns  map[net.Conn]bool // accepted and dialed, open
+	dialed map[net.Conn]bool // those of conns that were dialed
+	cut    bool              // closeConns ran: no new connection
+	closed bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 func newStreamLayer(cfg Config) (*streamLayer, error) {
-	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, accepted: map[net.Conn]bool{}}
+	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, conns: map[net.Conn]bool{}, dialed: map[net.Conn]bool{}}
 	if s.Listener == nil {
 		l, err := net.Listen("tcp", cfg.Address)
 		if err != nil {
@@ -48,24 +51,39 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.cut {
 		c.Close()
 		return nil, net.ErrClosed
 	}
 	tc := &trackedConn{Conn: c, s: s}
-	s.accepted[tc] = true
+	s.conns[tc] = true
 	return tc, nil
 }
 
 func (s *streamLayer) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	for c := range s.accepted {
-		c.(*trackedConn).Conn.Close()
+	for c := range s.conns {
+		if !s.dialed[c] {
+			c.(*trackedConn).Conn.Close()
+			delete(s.conns, c)
+		}
 	}
-	clear(s.accepted)
 	s.mu.Unlock()
 	return s.Listener.Close()
+}
+
+// closeConns closes every connection, accepted or dialed, so that Raft's
+// RPCs in flight fail now rather than at their deadlines.
+func (s *streamLayer) closeConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.(*trackedConn).Conn.Close()
+	}
+	clear(s.conns)
+	clear(s.dialed)
+	s.cut = true
 }
 
 type trackedConn struct {
@@ -75,7 +93,8 @@ type trackedConn struct {
 
 func (c *trackedConn) Close() error {
 	c.s.mu.Lock()
-	delete(c.s.accepted, c)
+	delete(c.s.conns, c)
+	delete(c.s.dialed, c)
 	c.s.mu.Unlock()
 	return c.Conn.Close()
 }
@@ -83,5 +102,17 @@ func (c *trackedConn) Close() error {
 func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return s.dial(ctx, string(address))
+	c, err := s.dial(ctx, string(address))
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cut {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	s.conns[tc], s.dialed[tc] = true, true
+	return tc, nil
 }

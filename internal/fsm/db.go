@@ -346,7 +346,7 @@ func (d *DB) claim(f *command.Frames) bool {
 func (d *DB) waitSettled() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for d.pending != nil && d.pending.state == committed {
+	for d.pending != nil && d.pending.state == committed && !d.opts.stopping.Load() {
 		if h, err := wal.NewIndex(d.shm).Header(); err == nil && h.Change != d.pending.change {
 			d.pending = nil
 			return

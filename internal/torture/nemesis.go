@@ -264,12 +264,12 @@ func (n *nemesis) member(ctx context.Context, f fault, leader int) {
 		return o
 	}
 	add := func(s int) {
+		c.wipe(s) // under its old ID, which may then never come back
 		c.mu.Lock()
 		id := c.nextID
 		c.nextID++
 		c.procs[s].id = id
 		c.mu.Unlock()
-		c.wipe(s)
 		if err := c.start(s, "", ""); err != nil {
 			n.logf("nemesis: start slot %d: %v", s, err)
 			return

@@ -114,12 +114,13 @@ func NodeMain(args []string) int {
 		return fail(err)
 	}
 	nd := &node{n: dn, slot: *slot, net: nt, slots: slots, dbs: map[string]*sql.DB{}, faultGen: *faultGen + 1}
-	srv := &http.Server{Handler: nd.routes(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(hl)
-	logger.Info("torture node up", "slot", *slot, "id", *id, "raft", rl.Addr(), "http", hl.Addr())
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// Handlers' contexts end with the node, so that none holds up its stop.
+	srv := &http.Server{Handler: nd.routes(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	go srv.Serve(hl)
+	logger.Info("torture node up", "slot", *slot, "id", *id, "raft", rl.Addr(), "http", hl.Addr())
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
 		stop()
@@ -209,13 +210,20 @@ func (nd *node) fail(err error, committing bool) reply {
 
 func (nd *node) db(ctx context.Context, name string) (*sql.DB, error) {
 	nd.mu.Lock()
-	defer nd.mu.Unlock()
-	if db := nd.dbs[name]; db != nil {
+	db := nd.dbs[name]
+	nd.mu.Unlock()
+	if db != nil {
 		return db, nil
 	}
-	db, err := nd.n.Open(ctx, name)
+	db, err := nd.n.Open(ctx, name) // without the lock: it may wait for a leader
 	if err != nil {
 		return nil, err
+	}
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if old := nd.dbs[name]; old != nil {
+		db.Close()
+		return old, nil
 	}
 	nd.dbs[name] = db
 	return db, nil
