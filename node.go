@@ -137,7 +137,14 @@ func New(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("listen on %s: %w", cfg.Address, err))
 	}
 	n.stream = stream
-	n.trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hlog)
+	// No pipelined replication (MaxRPCsInFlight 1): in hashicorp/raft
+	// v1.7.3 a follower that refuses an append can leave the leader's
+	// pipeline to it stuck for good, heartbeats still flowing, and the
+	// leader's Shutdown hanging on it; the fault-injection suite caught a
+	// leader in that state (DESIGN.md, "Raft log").
+	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog, MaxRPCsInFlight: 1,
+	})
 	cleanup = append(cleanup, func() { n.trans.Close() })
 
 	rc := raft.DefaultConfig()
