@@ -261,11 +261,15 @@ func (d *DB) retryDisk(err error, attempt int, what string) bool {
 	return !d.opts.stopping.Load()
 }
 
-// Diverged implements vfs.Committer: the node stops serving the database.
-func (d *DB) Diverged(err error) {
+// Diverged implements vfs.Committer: the node stops serving the database,
+// and connection conn's commit, which the cluster has, fails with
+// ErrClosed (outcome unknown to the caller), never with SQLite's I/O error,
+// which at COMMIT means that nothing replicated.
+func (d *DB) Diverged(conn uint64, err error) {
 	d.fail(fmt.Errorf("commit frame not written after Raft committed: %w", err))
 	d.mu.Lock()
 	d.pending = nil
+	d.errs[conn] = fmt.Errorf("%w: this node stopped before it could write a transaction that Raft committed (%v)", errs.ErrClosed, err)
 	d.mu.Unlock()
 }
 

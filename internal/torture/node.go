@@ -188,9 +188,10 @@ func classify(err error, committing bool) string {
 		return kindNotLeader
 	case !committing, errors.Is(err, dqlite.ErrBusy), errors.Is(err, dqlite.ErrTxTooLarge):
 		return kindFailed
-	case errors.Is(err, sqlite3.FULL):
-		// The disk refused the frames before Raft saw them (once Raft
-		// committed a transaction, its frames are retried until written).
+	case errors.Is(err, sqlite3.FULL), errors.Is(err, sqlite3.IOERR):
+		// The disk refused the frames before Raft saw them: once Raft
+		// committed a transaction, its frames are retried until written,
+		// and if the node stops first the commit fails with ErrClosed.
 		return kindFailed
 	}
 	return kindUnknown

@@ -75,7 +75,7 @@ type Committer interface {
 	// Diverged is called when the commit frame of a transaction that Commit
 	// accepted could not be written and Retry gave up: this node's copy no longer matches
 	// the cluster's and must not be served.
-	Diverged(err error)
+	Diverged(conn uint64, err error)
 }
 
 type frame struct {
@@ -473,7 +473,7 @@ func (w *walFile) mustWrite(p1 []byte, off1 int64, p2 []byte, off2 int64) (int, 
 		s.mu.Lock()
 		if !retry {
 			// Never SQLITE_FULL here: that error means nothing replicated.
-			s.committer.Diverged(err)
+			s.committer.Diverged(w.conn, err)
 			return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
 		}
 	}
