@@ -124,15 +124,14 @@ type faultListener struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
-	err   error
+	err   error // set once, before done is closed
 }
 
 func (l *faultListener) loop() {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			l.err = err
-			l.once.Do(func() { close(l.done) })
+			l.stop(err)
 			return
 		}
 		go func() {
@@ -164,8 +163,16 @@ func (l *faultListener) Accept() (net.Conn, error) {
 
 func (l *faultListener) Close() error {
 	err := l.Listener.Close()
-	l.once.Do(func() { close(l.done) })
+	l.stop(net.ErrClosed)
 	return err
+}
+
+// stop ends Accept with err: the first stop's, written before done closes.
+func (l *faultListener) stop(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.done)
+	})
 }
 
 // faultConn loses what this node writes to a dropped peer.
