@@ -18,16 +18,15 @@ type streamLayer struct {
 	dial func(ctx context.Context, address string) (net.Conn, error)
 
 	mu     sync.Mutex
-	conns  map[net.Conn]bool // accepted and dialed, open
-	dialed map[net.Conn]bool // those of conns that were dialed
-	cut    bool              // closeConns ran: no new connection
+	conns  map[*trackedConn]bool // accepted and dialed, open
+	cut    bool                  // closeConns ran: no new connection
 	closed bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 func newStreamLayer(cfg Config) (*streamLayer, error) {
-	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, conns: map[net.Conn]bool{}, dialed: map[net.Conn]bool{}}
+	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, conns: map[*trackedConn]bool{}}
 	if s.Listener == nil {
 		l, err := net.Listen("tcp", cfg.Address)
 		if err != nil {
@@ -64,8 +63,8 @@ func (s *streamLayer) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	for c := range s.conns {
-		if !s.dialed[c] {
-			c.(*trackedConn).Conn.Close()
+		if !c.dialed {
+			c.Conn.Close()
 			delete(s.conns, c)
 		}
 	}
@@ -79,22 +78,21 @@ func (s *streamLayer) closeConns() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		c.(*trackedConn).Conn.Close()
+		c.Conn.Close()
 	}
 	clear(s.conns)
-	clear(s.dialed)
 	s.cut = true
 }
 
 type trackedConn struct {
 	net.Conn
-	s *streamLayer
+	s      *streamLayer
+	dialed bool // by this node (else accepted)
 }
 
 func (c *trackedConn) Close() error {
 	c.s.mu.Lock()
 	delete(c.s.conns, c)
-	delete(c.s.dialed, c)
 	c.s.mu.Unlock()
 	return c.Conn.Close()
 }
@@ -106,13 +104,13 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, s: s}
+	tc := &trackedConn{Conn: c, s: s, dialed: true}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cut {
 		c.Close()
 		return nil, net.ErrClosed
 	}
-	s.conns[tc], s.dialed[tc] = true, true
+	s.conns[tc] = true
 	return tc, nil
 }

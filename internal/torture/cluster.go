@@ -239,29 +239,24 @@ func (c *cluster) kill(i int, clean bool) error {
 	return nil
 }
 
-func (c *cluster) pause(i int) error {
+// pause stops slot i's process with SIGSTOP; resume continues it.
+func (c *cluster) pause(i int) error  { return c.signal(i, up, paused, pause) }
+func (c *cluster) resume(i int) error { return c.signal(i, paused, up, resume) }
+
+// signal moves slot i's process from state from to state to by sending it
+// a signal; in any other state it does nothing.
+func (c *cluster) signal(i int, from, to procState, send func(*os.Process) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.procs[i]
-	if p.state != up {
+	if p.state != from {
 		return nil
 	}
-	if err := pause(p.cmd.Process); err != nil {
+	if err := send(p.cmd.Process); err != nil {
 		return err
 	}
-	p.state = paused
+	p.state = to
 	return nil
-}
-
-func (c *cluster) resume(i int) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.procs[i]
-	if p.state != paused {
-		return nil
-	}
-	p.state = up
-	return resume(p.cmd.Process)
 }
 
 // wipe removes slot i's data directory.

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"slices"
@@ -155,7 +156,7 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 		}
 		for i := 0; i < n; i++ {
 			seed++
-			r := &router{c: c, rng: newRand(seed), leader: -1}
+			r := &router{c: c, rng: rand.New(rand.NewSource(seed)), leader: -1}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

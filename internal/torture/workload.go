@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -468,7 +469,7 @@ func (w *registerWorkload) check(finals map[int]*final) Result {
 		res.Linearizable = "no"
 		res.Problems = append(res.Problems, fmt.Sprintf("the history of %d operations is not linearizable", len(ops)))
 		if w.dir != "" {
-			path := w.dir + "/register-linearizability.html"
+			path := filepath.Join(w.dir, "register-linearizability.html")
 			if err := porcupine.VisualizePath(registerModel, info, path); err == nil {
 				res.Problems = append(res.Problems, "see "+path)
 			}
