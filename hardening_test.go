@@ -252,7 +252,7 @@ func TestNode_InvalidDatabaseNames(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(c.cfgs[0].Dir)
 	for _, e := range entries {
-		if n := e.Name(); n != "raft.db" && n != "lock" && n != "snapshots" {
+		if n := e.Name(); n != "raft.db" && n != "lock" && n != "snapshots" && n != "applied" {
 			t.Errorf("unexpected file %s in the data directory", n)
 		}
 	}

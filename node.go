@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,7 +87,7 @@ func New(cfg Config) (*Node, error) {
 	n.store = store
 	cleanup = append(cleanup, func() { store.Close() })
 
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
+	snaps, err := fsm.OpenStore(filepath.Join(cfg.Dir, "snapshots"), cfg.Logger)
 	if err != nil {
 		return fail(fmt.Errorf("snapshot store: %w", err))
 	}
@@ -131,6 +132,10 @@ func New(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("databases: %w", err))
 	}
 	cleanup = append(cleanup, func() { n.fsm.Close() })
+	restore, err := n.checkFiles(snaps)
+	if err != nil {
+		return fail(err)
+	}
 
 	stream, err := newStreamLayer(cfg)
 	if err != nil {
@@ -157,6 +162,7 @@ func New(cfg Config) (*Node, error) {
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.NotifyCh = n.notifyCh
 	rc.Logger = hlog
+	rc.NoSnapshotRestoreOnStart = !restore
 
 	if len(cfg.Cluster) > 0 && !exists {
 		if err := raft.BootstrapCluster(rc, store, store, snaps, n.trans, configuration(cfg.Cluster)); err != nil {
@@ -180,6 +186,36 @@ func New(cfg Config) (*Node, error) {
 	go n.watchLeadership()
 	n.unregister = driver.RegisterBackend(n.Address(), backend{n})
 	return n, nil
+}
+
+// checkFiles decides how the node's databases start: from their files,
+// at the Raft index each holds (Raft then applies only later entries), or,
+// when those files cannot be trusted or are older than the latest
+// snapshot says they must be, rebuilt from the snapshot and the log. It
+// reports whether to rebuild, having removed the files then.
+func (n *Node) checkFiles(snaps *fsm.Store) (rebuild bool, err error) {
+	why := n.fsm.Untrusted()
+	applied := n.fsm.Applied()
+	if latest, ok := snaps.Latest(); ok && why == "" {
+		for _, db := range latest.DBs {
+			if got, have := applied[db.Name]; !have || got < db.Index {
+				why = fmt.Sprintf("database %s holds index %d, but the latest snapshot (index %d) holds it at index %d",
+					db.Name, got, latest.Raft.Index, db.Index)
+				break
+			}
+		}
+	}
+	if why == "" {
+		if len(applied) > 0 {
+			n.cfg.Logger.Info("starting from the database files", "applied", applied)
+		}
+		return false, nil
+	}
+	n.cfg.Logger.Warn("rebuilding the databases from the snapshot and the log: the files cannot be trusted", "why", why)
+	if err := n.fsm.Reset(); err != nil {
+		return false, fmt.Errorf("databases: %w", err)
+	}
+	return true, nil
 }
 
 func configuration(peers []Peer) raft.Configuration {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // Sizes and constants of the WAL file format.
@@ -164,4 +165,47 @@ func FrameAt(off int64, pageSize int) (n uint32, within int64, ok bool) {
 	}
 	size := int64(FrameHeaderSize + pageSize)
 	return uint32((off-HeaderSize)/size) + 1, (off - HeaderSize) % size, true
+}
+
+// Scan reads a WAL from its start as SQLite's recovery does: a valid
+// header, then frames that carry its salts and extend an unbroken checksum
+// chain, up to the first that does not. It returns the header and the
+// numbers of the commit frames among those frames, in order, or ErrFormat
+// when the header is missing or invalid.
+func Scan(r io.Reader) (Header, []uint32, error) {
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(r, hb[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return Header{}, nil, fmt.Errorf("%w: no header", ErrFormat)
+		}
+		return Header{}, nil, err
+	}
+	h, err := DecodeHeader(hb[:])
+	if err != nil {
+		return Header{}, nil, err
+	}
+	var commits []uint32
+	frame := make([]byte, FrameHeaderSize+int(h.PageSize))
+	sum := h.Checksum
+	for n := uint32(1); ; n++ {
+		if _, err := io.ReadFull(r, frame); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return h, commits, nil
+			}
+			return h, commits, err
+		}
+		fh, _ := DecodeFrameHeader(frame)
+		if fh.Salt != h.Salt || fh.PageNo == 0 {
+			return h, commits, nil
+		}
+		s := Sum(h.BigEndian, frame[:8], sum)
+		s = Sum(h.BigEndian, frame[FrameHeaderSize:], s)
+		if s != fh.Checksum {
+			return h, commits, nil
+		}
+		sum = s
+		if fh.Commit() {
+			commits = append(commits, n)
+		}
+	}
 }

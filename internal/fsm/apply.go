@@ -40,7 +40,7 @@ func (d *DB) lockWrite() error {
 // another node (or by this node in an earlier life) to the WAL and
 // publishes it in the wal-index, holding SQLite's write lock, so readers
 // see all of it or none of it.
-func (d *DB) appendFrames(pageSize, dbSize uint32, pages []command.Page) error {
+func (d *DB) appendFrames(index uint64, pageSize, dbSize uint32, pages []command.Page) error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	if err := d.lockWrite(); err != nil {
@@ -65,10 +65,23 @@ func (d *DB) appendFrames(pageSize, dbSize uint32, pages []command.Page) error {
 		}
 		i = end
 	}
-	if err := w.publish(dbSize); err != nil {
+	if err := w.finish(index, dbSize); err != nil {
 		return err
 	}
-	vfsCommitted(d, w.max)
+	d.markDirty(pages)
+	return nil
+}
+
+// finish records the transaction in the applied log and publishes it.
+func (a *appender) finish(index uint64, dbSize uint32) error {
+	if err := a.d.record(a.max, a.walHdr.Salt, index); err != nil {
+		return err
+	}
+	if err := a.publish(dbSize); err != nil {
+		return err
+	}
+	a.d.applied.Store(index)
+	vfsCommitted(a.d, a.max)
 	return nil
 }
 

@@ -56,6 +56,7 @@ type pendingTx struct {
 	conn   uint64
 	state  txState
 	change uint32 // wal-index change counter when the FSM marked it committed
+	index  uint64 // its Raft index, once committed
 }
 
 // DB is one replicated database on one node.
@@ -80,6 +81,17 @@ type DB struct {
 	walf     *os.File
 	pageSize uint32
 	ckptMu   sync.RWMutex // snapshot persistence holds it shared: no checkpoint may run
+
+	// applied is the Raft index of the last Frames entry these files hold;
+	// rec is the applied log that makes it durable (see applied.go).
+	applied atomic.Uint64
+	recMu   sync.Mutex
+	rec     *appliedLog
+
+	// dirty holds the pages changed since the latest snapshot: the next
+	// one stores only those (see Snapshot).
+	dirtyMu sync.Mutex
+	dirty   bitmap
 }
 
 // URI returns the SQLite URI that opens the database through the dqlite
@@ -100,8 +112,9 @@ func (d *DB) Path() string { return d.path }
 func (d *DB) PageSize() uint32 { return d.pageSize }
 
 // openDB creates (if needed) and opens the database name in dir, the same
-// way on every node, and registers it with the VFS.
-func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error) {
+// way on every node, and registers it with the VFS. last is the record
+// of the state its files hold (recoverDB), or nil for a new database.
+func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *DB, err error) {
 	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize, settled: make(chan struct{}),
 		nextTx: uint64(time.Now().UnixNano())}
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
@@ -113,6 +126,15 @@ func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error)
 			d.close()
 		}
 	}()
+	// The applied log first: a database file never exists without one.
+	recs := []record{{kind: recHeader, pageSize: pageSize}}
+	if last != nil && last.kind == recCommit {
+		recs = append(recs, *last)
+		d.applied.Store(last.index)
+	}
+	if d.rec, err = writeAppliedLog(appliedPath(dir, name), recs); err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
 	d.apply, err = sqlite3.Open(d.URI(0))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
@@ -141,6 +163,9 @@ func openDB(dir, name string, pageSize uint32, opts *Options) (_ *DB, err error)
 	if d.walf, err = os.OpenFile(d.path+"-wal", os.O_RDWR|os.O_CREATE, 0o644); err != nil {
 		return nil, fmt.Errorf("open wal: %w", err)
 	}
+	// Creating the database wrote its first page outside any transaction
+	// of the log: the next snapshot stores it (again, if it did already).
+	d.dirty.add(1)
 	return d, d.apply.BusyTimeout(time.Second)
 }
 
@@ -163,6 +188,9 @@ func queryInt[T ~uint32 | ~int64](c *sqlite3.Conn, query string, v *T) error {
 func (d *DB) close() error {
 	vfs.Unregister(d.path)
 	var errList []error
+	if d.rec != nil {
+		errList = append(errList, d.rec.close())
+	}
 	if d.shm != nil {
 		errList = append(errList, d.shm.Close())
 	}
@@ -237,6 +265,32 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 // retried.
 func (d *DB) Retry(err error, attempt int) bool {
 	return d.retryDisk(err, attempt, "commit frame")
+}
+
+// Written implements vfs.Committer: the commit frame of connection conn's
+// committed transaction is in the WAL, at frame number frame of the
+// generation with salt, and SQLite is about to publish it. The applied log
+// records it now: after the frames, before anything can build on them.
+func (d *DB) Written(conn uint64, frame uint32, salt [2]uint32) error {
+	d.mu.Lock()
+	p := d.pending
+	d.mu.Unlock()
+	if p == nil || p.conn != conn || p.state != committed {
+		return fmt.Errorf("%w: no committed transaction of connection %d to record", errs.ErrDiverged, conn)
+	}
+	return d.record(frame, salt, p.index)
+}
+
+// record appends a commit record to the applied log.
+func (d *DB) record(frame uint32, salt [2]uint32, index uint64) error {
+	d.recMu.Lock()
+	defer d.recMu.Unlock()
+	for attempt := 0; ; attempt++ {
+		err := d.rec.append(record{kind: recCommit, frame: frame, salt: salt, index: index})
+		if err == nil || !d.retryDisk(err, attempt, "applied log") {
+			return err
+		}
+	}
 }
 
 // DiskError implements vfs.Committer: the node should stop leading.
@@ -330,7 +384,7 @@ func (d *DB) fail(err error) {
 // claim is called by the FSM for every Frames entry. It reports whether the
 // entry is the local pending transaction, which it then marks committed:
 // the connection blocked in the VFS will publish it.
-func (d *DB) claim(f *command.Frames) bool {
+func (d *DB) claim(f *command.Frames, index uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.pending
@@ -338,6 +392,9 @@ func (d *DB) claim(f *command.Frames) bool {
 		return false
 	}
 	p.state = committed
+	p.index = index
+	d.applied.Store(index)
+	d.markDirty(f.Pages)
 	if h, err := wal.NewIndex(d.shm).Header(); err == nil {
 		p.change = h.Change
 	}

@@ -20,8 +20,8 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -50,21 +50,83 @@ type FSM struct {
 	openErrs map[string]error // databases this node could not open, and why
 	changed  chan struct{}    // closed when a database is created
 	closed   bool
+
+	untrusted string // why the files found at start cannot be used, or ""
+	stats     struct{ skipped, appended, restored atomic.Int64 }
+}
+
+// Stats counts what the FSM did since it started.
+type Stats struct {
+	Skipped  int64 // Frames entries its files held already at start
+	Appended int64 // Frames entries written through the follower path
+	Restored int64 // databases written from a snapshot
+}
+
+// Stats returns what the FSM did since it started.
+func (f *FSM) Stats() Stats {
+	return Stats{Skipped: f.stats.skipped.Load(), Appended: f.stats.appended.Load(), Restored: f.stats.restored.Load()}
 }
 
 var _ raft.FSM = (*FSM)(nil)
 
-// New returns the FSM of the databases in dir. Database files left by an
-// earlier run are removed: Raft rebuilds them from the latest snapshot and
-// the log after it, so that no reader ever sees a state that mixes a newer
-// file with replayed older entries.
+// New returns the FSM of the databases in dir. It finds, from each
+// database's applied log and WAL, the Raft index its files hold (see
+// recoverDB) and opens it there: Raft then applies only later entries.
+// Files it cannot trust are left alone, and Untrusted says why: the node
+// then removes them with Reset and rebuilds them from the snapshot and the
+// log.
 func New(dir string, opts Options) (*FSM, error) {
-	if err := removeDatabases(dir); err != nil {
+	opts.stopping = new(atomic.Bool)
+	f := &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
+		changed: make(chan struct{})}
+	dbs, why, err := recoverAll(dir)
+	if err != nil {
 		return nil, err
 	}
-	opts.stopping = new(atomic.Bool)
-	return &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
-		changed: make(chan struct{})}, nil
+	f.untrusted = why
+	for name, r := range dbs {
+		if f.untrusted != "" {
+			break
+		}
+		d, err := openDB(dir, name, r.pageSize, &f.opts, &r.last)
+		if err != nil {
+			f.untrusted = fmt.Sprintf("database %s: %v", name, err)
+			break
+		}
+		f.dbs[name] = d
+	}
+	if f.untrusted != "" {
+		for _, d := range f.dbs {
+			d.close()
+		}
+		f.dbs = map[string]*DB{}
+	}
+	return f, nil
+}
+
+// Untrusted returns why the files New found cannot be used as they are,
+// or "".
+func (f *FSM) Untrusted() string { return f.untrusted }
+
+// Applied returns the Raft index that each database's files hold.
+func (f *FSM) Applied() map[string]uint64 {
+	m := map[string]uint64{}
+	for _, d := range f.Databases() {
+		m[d.Name] = d.applied.Load()
+	}
+	return m
+}
+
+// Reset closes and removes every database and its applied log, before
+// Raft starts: the node rebuilds them from the snapshot and the log.
+func (f *FSM) Reset() error {
+	f.mu.Lock()
+	for _, d := range f.dbs {
+		d.close()
+	}
+	f.dbs = map[string]*DB{}
+	f.mu.Unlock()
+	return removeAll(f.dir)
 }
 
 // DatabaseFiles lists the files in dir that hold database content: SQLite
@@ -195,10 +257,15 @@ func (f *FSM) Close() error {
 	var errList []error
 	for _, d := range f.dbs {
 		d.applyMu.Lock()
-		errList = append(errList, d.close())
+		errList = append(errList, d.walf.Sync(), d.rec.sync(), d.close())
 		d.applyMu.Unlock()
 	}
-	return errors.Join(errList...)
+	if err := errors.Join(errList...); err != nil {
+		return err
+	}
+	// Every write is synced: the next start can trust the files even
+	// after the machine restarts.
+	return writeBoot(f.dir)
 }
 
 // CheckName returns an error if name cannot be a new database next to
@@ -275,14 +342,14 @@ func (f *FSM) open(name string, pageSize uint32, newName bool) (*DB, error) {
 			return nil, err
 		}
 	}
-	// Every database is rebuilt from the snapshot and the log: a file
-	// here is one New did not recognise as a database (a damaged header,
-	// say). It cannot be trusted; the cluster's copy replaces it.
+	// New opened every database it could account for: a file here is
+	// one it did not recognise as a database (a damaged header, say). It
+	// cannot be trusted; the cluster's copy replaces it.
 	if err := f.removeStale(name); err != nil {
 		f.openErrs[name] = err
 		return nil, err
 	}
-	d, err := openDB(f.dir, name, pageSize, &f.opts)
+	d, err := openDB(f.dir, name, pageSize, &f.opts, nil)
 	if err != nil {
 		err = fmt.Errorf("%w: this node cannot open %s: %v; restart it to rebuild the database from the cluster", errs.ErrDiverged, name, err)
 		f.openErrs[name] = err
@@ -321,17 +388,23 @@ func (f *FSM) Apply(l *raft.Log) any {
 			f.opts.Logger.Error("cannot apply frames", "err", err)
 			return err
 		}
+		if l.Index <= d.applied.Load() {
+			// Its files held this entry already when the node started.
+			d.markDirty(c.Pages)
+			f.stats.skipped.Add(1)
+			return nil
+		}
 		if err := d.Failed(); err != nil {
 			return err
 		}
-		if d.claim(c) {
+		if d.claim(c, l.Index) {
 			return nil
 		}
 		// A disk that refuses the frames (full, failing) is retried until
 		// it takes them: the node stops applying, and so stops taking
 		// part, until then, but its copy stays whole.
 		for attempt := 0; ; attempt++ {
-			err = d.appendFrames(c.PageSize, c.DBSize, c.Pages)
+			err = d.appendFrames(l.Index, c.PageSize, c.DBSize, c.Pages)
 			if err == nil {
 				break
 			}
@@ -340,6 +413,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 				return d.Failed()
 			}
 		}
+		f.stats.appended.Add(1)
 		if d.applyMu.TryLock() {
 			d.maybeCheckpoint()
 			d.applyMu.Unlock()
@@ -348,14 +422,14 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return nil
 }
 
-const snapshotMagic = "dqlite snapshot 1\n"
-
 // dbSnapshot is the state of one database at the snapshot's index.
 type dbSnapshot struct {
 	d        *DB
 	reader   *sqlite3.Conn // holds a read transaction on that state
 	maxFrame uint32        // frames of the WAL to read (0: the file alone is current)
 	pages    uint32
+	index    uint64 // its last Frames entry
+	dirty    bitmap // pages changed since the previous snapshot
 }
 
 type snapshot struct {
@@ -365,20 +439,30 @@ type snapshot struct {
 // Snapshot pins, for each database, the state at the last applied entry:
 // it opens a read transaction there (so that no checkpoint, ours or the
 // application's, can change the pages it will read, and the WAL cannot
-// restart under it), notes the last committed frame and blocks our own
-// checkpoints. Persist then streams the pages. It is quick: no I/O but
+// restart under it), notes the last committed frame, takes the set of
+// pages changed since the previous snapshot and blocks our own
+// checkpoints. Persist then streams those pages. It is quick: no I/O but
 // opening a connection and reading the wal-index header.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	s := &snapshot{}
 	for _, d := range f.Databases() {
 		d.waitSettled()
+		if err := d.Failed(); err != nil {
+			// Its files miss entries: a snapshot must not claim them.
+			s.giveBack()
+			s.Release()
+			return nil, fmt.Errorf("snapshot %s: %w", d.Name, err)
+		}
 		d.ckptMu.RLock()
 		ds, err := d.pin()
 		if err != nil {
 			d.ckptMu.RUnlock()
+			s.giveBack()
 			s.Release()
 			return nil, fmt.Errorf("snapshot %s: %w", d.Name, err)
 		}
+		ds.index = d.applied.Load()
+		ds.dirty = d.takeDirty()
 		s.dbs = append(s.dbs, ds)
 	}
 	return s, nil
@@ -429,40 +513,51 @@ func (d *DB) pin() (ds dbSnapshot, err error) {
 }
 
 func (ds *dbSnapshot) release() {
-	if ds.d != nil {
+	if ds.reader != nil {
 		ds.reader.Close()
 		ds.d.ckptMu.RUnlock()
-		ds.d = nil
+		ds.reader = nil
 	}
 }
 
-// Persist writes every database page by page: memory O(page size).
+// giveBack returns the sets of changed pages to their databases, for a
+// snapshot that was not stored.
+func (s *snapshot) giveBack() {
+	for i := range s.dbs {
+		s.dbs[i].d.putDirty(s.dbs[i].dirty)
+		s.dbs[i].dirty = nil
+	}
+}
+
+// Persist writes the pages changed since the previous snapshot, page by
+// page: memory O(page size), time O(pages changed).
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	w := bufio.NewWriterSize(sink, 1<<20)
 	err := s.write(w)
 	if err == nil {
 		err = w.Flush()
 	}
-	if err != nil {
+	if err == nil {
+		err = sink.Close()
+	} else {
 		sink.Cancel()
-		return err
 	}
-	return sink.Close()
+	if err != nil {
+		s.giveBack()
+	}
+	return err
 }
 
 func (s *snapshot) write(w io.Writer) error {
-	if _, err := io.WriteString(w, snapshotMagic); err != nil {
+	if err := writeStreamStart(w, kindDelta); err != nil {
 		return err
 	}
 	for i := range s.dbs {
 		ds := &s.dbs[i]
 		d := ds.d
-		var hdr []byte
-		hdr = binary.AppendUvarint(hdr, uint64(len(d.Name)))
-		hdr = append(hdr, d.Name...)
-		hdr = binary.BigEndian.AppendUint32(hdr, d.pageSize)
-		hdr = binary.BigEndian.AppendUint32(hdr, ds.pages)
-		if _, err := w.Write(hdr); err != nil {
+		h := dbHeader{DBMeta: DBMeta{Name: d.Name, PageSize: d.pageSize, Pages: ds.pages, Index: ds.index},
+			count: ds.dirty.count(ds.pages)}
+		if _, err := w.Write(h.encode()); err != nil {
 			return err
 		}
 		dbf, err := os.Open(d.path)
@@ -476,8 +571,7 @@ func (s *snapshot) write(w io.Writer) error {
 		}
 		ds.release()
 	}
-	_, err := w.Write([]byte{0})
-	return err
+	return writeStreamEnd(w)
 }
 
 func (ds *dbSnapshot) writePages(w io.Writer, dbf *os.File) error {
@@ -485,22 +579,27 @@ func (ds *dbSnapshot) writePages(w io.Writer, dbf *os.File) error {
 	ps := int64(d.pageSize)
 	page := make([]byte, ps)
 	x := wal.NewIndex(d.shm)
-	for p := uint32(1); p <= ds.pages; p++ {
-		frame, err := x.Find(p, ds.maxFrame)
-		if err != nil {
+	return ds.dirty.each(ds.pages, func(p uint32) error {
+		if err := d.readPage(x, dbf, p, ds.maxFrame, page); err != nil {
 			return err
 		}
-		if frame != 0 {
-			_, err = d.walf.ReadAt(page, wal.FrameOffset(frame, int(ps))+wal.FrameHeaderSize)
-		} else {
-			_, err = dbf.ReadAt(page, int64(p-1)*ps)
-		}
-		if err != nil {
-			return fmt.Errorf("read page %d: %w", p, err)
-		}
-		if _, err := w.Write(page); err != nil {
-			return err
-		}
+		return writePage(w, p, page)
+	})
+}
+
+// readPage reads page p as of the state whose last frame is maxFrame.
+func (d *DB) readPage(x *wal.Index, dbf *os.File, p, maxFrame uint32, page []byte) error {
+	frame, err := x.Find(p, maxFrame)
+	if err != nil {
+		return err
+	}
+	if frame != 0 {
+		_, err = d.walf.ReadAt(page, wal.FrameOffset(frame, len(page))+wal.FrameHeaderSize)
+	} else {
+		_, err = dbf.ReadAt(page, int64(p-1)*int64(len(page)))
+	}
+	if err != nil {
+		return fmt.Errorf("read page %d: %w", p, err)
 	}
 	return nil
 }
@@ -512,53 +611,91 @@ func (s *snapshot) Release() {
 	}
 }
 
-// Restore replaces every database in the snapshot by its content there. It
-// writes the pages as one transaction through the follower path, so open
-// connections keep working and readers switch to the new state atomically.
+// Restore makes every database of a full snapshot hold its content there.
+// A database this node does not have yet is written straight to its file;
+// one it has gets only the pages that differ, as one transaction through
+// the follower path, so open connections keep working and readers switch
+// to the new state atomically. Memory stays at a batch of pages.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	r := bufio.NewReaderSize(rc, 1<<20)
-	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != snapshotMagic {
-		return fmt.Errorf("restore: not a dqlite snapshot")
+	sr, err := newStreamReader(rc)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if sr.kind != kindFull {
+		return fmt.Errorf("restore: %w: a delta", errStream)
 	}
 	for {
-		n, err := binary.ReadUvarint(r)
+		h, ok, err := sr.next()
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		if n == 0 {
+		if !ok {
 			return nil
 		}
-		if n > 255 {
-			return fmt.Errorf("restore: database name of %d bytes", n)
+			if err := f.restoreDB(sr, h); err != nil {
+			return fmt.Errorf("restore %s: %w", h.Name, err)
 		}
-		var head = make([]byte, n+8)
-		if _, err := io.ReadFull(r, head); err != nil {
-			return fmt.Errorf("restore: %w", err)
-		}
-		name := string(head[:n])
-		pageSize := binary.BigEndian.Uint32(head[n:])
-		pages := binary.BigEndian.Uint32(head[n+4:])
-		if !wal.ValidPageSize(int(pageSize)) {
-			return fmt.Errorf("restore %s: page size %d, %d pages", name, pageSize, pages)
-		}
-		d, err := f.open(name, pageSize, false)
-		if err != nil {
-			return fmt.Errorf("restore %s: %w", name, err)
-		}
-		if pages == 0 {
-			continue // created, never written
-		}
-		if err := d.restore(r, pages); err != nil {
-			d.fail(err)
-			return fmt.Errorf("restore %s: %w", name, err)
-		}
+		f.stats.restored.Add(1)
 	}
 }
 
-// restore appends the snapshot's pages as one transaction, in batches.
-func (d *DB) restore(r io.Reader, pages uint32) error {
+func (f *FSM) restoreDB(sr *streamReader, h dbHeader) error {
+	d := f.Database(h.Name)
+	if d == nil && h.Pages > 0 {
+		return f.create(sr, h)
+	}
+	d, err := f.open(h.Name, h.PageSize, false)
+	if err != nil {
+		return err
+	}
+	if h.Pages > 0 {
+		if err := d.restore(sr, h); err != nil {
+			d.fail(err)
+			return err
+		}
+	}
+	d.takeDirty() // the store's copy is this state now
+	return nil
+}
+
+// create writes a database this node does not have from a snapshot, then
+// opens it. Only the FSM's goroutine creates databases, so no one else
+// can meanwhile.
+func (f *FSM) create(sr *streamReader, h dbHeader) error {
+	f.mu.Lock()
+	err := f.removeStale(h.Name)
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := copyPages(filepath.Join(f.dir, h.Name), sr, h, make([]byte, h.PageSize)); err != nil {
+		return err
+	}
+	if err := syncDir(f.dir); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return errs.ErrClosed
+	}
+	d, err := openDB(f.dir, h.Name, h.PageSize, &f.opts, &record{kind: recCommit, index: h.Index})
+	if err != nil {
+		err = fmt.Errorf("%w: this node cannot open %s: %v", errs.ErrDiverged, h.Name, err)
+		f.openErrs[h.Name] = err
+		return err
+	}
+	delete(f.openErrs, h.Name)
+	f.dbs[h.Name] = d
+	close(f.changed)
+	f.changed = make(chan struct{})
+	return nil
+}
+
+// restore appends the snapshot's pages that differ from the database's
+// as one transaction, in batches.
+func (d *DB) restore(sr *streamReader, h dbHeader) error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	if err := d.lockWrite(); err != nil {
@@ -569,29 +706,53 @@ func (d *DB) restore(r io.Reader, pages uint32) error {
 	if err != nil {
 		return err
 	}
-	batch := max(1, (1<<20)/int(d.pageSize))
-	buf := make([]byte, batch*int(d.pageSize))
-	list := make([]command.Page, 0, batch)
-	for p := uint32(1); p <= pages; {
-		list = list[:0]
-		for i := 0; i < batch && p <= pages; i, p = i+1, p+1 {
-			data := buf[i*int(d.pageSize) : (i+1)*int(d.pageSize)]
-			if _, err := io.ReadFull(r, data); err != nil {
-				return err
-			}
-			list = append(list, command.Page{No: p, Data: data})
-		}
-		commit := uint32(0)
-		if p > pages {
-			commit = pages
-		}
-		if err := a.write(list, commit); err != nil {
+	// The current state: frames up to a.last (none if the WAL restarted)
+	// over the file.
+	cur := a.hdr.DBSize
+	if a.last == 0 || cur == 0 {
+		st, err := os.Stat(d.path)
+		if err != nil {
 			return err
 		}
+		cur = uint32(st.Size() / int64(d.pageSize))
 	}
-	if err := a.publish(pages); err != nil {
+	dbf, err := os.Open(d.path)
+	if err != nil {
 		return err
 	}
-	vfsCommitted(d, a.max)
-	return nil
+	defer dbf.Close()
+	ps := int(d.pageSize)
+	batch := max(1, (1<<20)/ps)
+	buf := make([]byte, batch*ps)
+	mine := make([]byte, ps)
+	list := make([]command.Page, 0, batch)
+	x := wal.NewIndex(d.shm)
+	for p := uint32(1); p <= h.Pages; p++ {
+		data := buf[len(list)*ps : (len(list)+1)*ps]
+		if _, err := sr.page(data); err != nil {
+			return err
+		}
+		same := false
+		if p <= cur && p != h.Pages {
+			if err := d.readPage(x, dbf, p, a.last, mine); err != nil {
+				return err
+			}
+			same = bytes.Equal(mine, data)
+		}
+		// The last page is always written: its frame carries the commit.
+		if !same {
+			list = append(list, command.Page{No: p, Data: data})
+		}
+		if len(list) == batch || p == h.Pages {
+			commit := uint32(0)
+			if p == h.Pages {
+				commit = h.Pages
+			}
+			if err := a.write(list, commit); err != nil {
+				return err
+			}
+			list = list[:0]
+		}
+	}
+	return a.finish(h.Index, h.Pages)
 }

@@ -3,7 +3,6 @@ package fsm
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"testing"
@@ -177,15 +176,11 @@ func TestSnapshot_RestoreOnLiveFollower(t *testing.T) {
 	for range 50 {
 		exec(t, c, d, `INSERT INTO t (v) VALUES (randomblob(1000))`)
 	}
-	snap, err := p.leader.Snapshot()
+	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	if err := snap.(*snapshot).write(&buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	persist(t, p.leader, store, 60)
 	// A fresh node restores it; so does the follower, which already has data.
 	other, err := New(t.TempDir(), Options{NodeID: 3, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -193,12 +188,45 @@ func TestSnapshot_RestoreOnLiveFollower(t *testing.T) {
 	}
 	defer other.Close()
 	for _, f := range []*FSM{other, p.follower} {
-		if err := f.Restore(io.NopCloser(bytes.NewReader(buf.Bytes()))); err != nil {
-			t.Fatal(err)
-		}
+		restoreLatest(t, store, f)
 		if got, want := dump(t, f, "test.db"), dump(t, p.leader, "test.db"); got != want {
 			t.Fatal("restored database differs")
 		}
+	}
+}
+
+// persist takes a snapshot of f into store, as Raft does at index.
+func persist(t *testing.T, f *FSM, store *Store, index uint64) Meta {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	sink, err := store.Create(1, index, 1, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := store.Latest()
+	return m
+}
+
+// restoreLatest restores f from the store's latest snapshot, as Raft does.
+func restoreLatest(t *testing.T, store *Store, f *FSM) {
+	t.Helper()
+	m, ok := store.Latest()
+	if !ok {
+		t.Fatal("no snapshot")
+	}
+	_, rc, err := store.Open(m.Raft.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Restore(rc); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -14,7 +14,7 @@ const MaxNameLen = 200
 
 // reservedNames are the files and directories a node keeps beside its
 // databases.
-var reservedNames = []string{"raft.db", "raft-wal", "snapshots", "lock"}
+var reservedNames = []string{"raft.db", "raft-wal", "snapshots", "applied", "lock"}
 
 // ValidateName reports whether name can be a database: a plain file name
 // that is the same file on every operating system a node may run on, and

@@ -66,6 +66,11 @@ type Tx struct {
 // Committer replicates transactions of one database. See the package doc.
 type Committer interface {
 	Commit(conn uint64, tx *Tx) error
+	// Written is called once the commit frame of a transaction that Commit
+	// accepted is in the WAL, at frame number frame of the WAL generation
+	// with salt, before SQLite publishes it. An error is handled as a
+	// failed write of that frame.
+	Written(conn uint64, frame uint32, salt [2]uint32) error
 	// DiskError is called when the disk refused a write of the WAL.
 	DiskError(err error)
 	// Retry is called when the commit frame of a transaction that Commit
@@ -445,6 +450,11 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 	m, err := w.mustWrite(held, off-wal.FrameHeaderSize, p, off)
 	if err != nil {
 		return m, err
+	}
+	fh, _ := wal.DecodeFrameHeader(held)
+	if err := s.committer.Written(w.conn, n, fh.Salt); err != nil {
+		s.committer.Diverged(w.conn, err)
+		return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
 	}
 	s.lastCommit = n
 	s.dropTx()

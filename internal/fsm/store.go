@@ -1,0 +1,684 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// Store is the node's raft.SnapshotStore. It keeps one copy of every
+// database as of the latest snapshot (the base), which a snapshot updates
+// with only the pages that changed since the previous one: taking a
+// snapshot costs what changed, not what exists. Raft receives the whole
+// copy only to send it to a node that needs it.
+//
+// On disk, in its directory:
+//
+//	CURRENT                 the name of the base directory
+//	base-N/meta.json        the base's Meta
+//	base-N/db-NAME          database NAME's pages, as in its file
+//	base-N/delta-K.pages    a snapshot not yet folded into the base: the
+//	base-N/delta-K.json     changed pages, and its Meta (written last)
+//	tmp-K, tmp-K.pages      snapshots being received or written
+//
+// Crash safety: a snapshot exists once the file that names it is renamed
+// into place (CURRENT for a full one, delta-K.json for a delta), after
+// everything it names was synced. Folding a delta into the base writes
+// its pages in place, syncs, renames the delta's Meta over the base's,
+// then removes the delta: a crash in between folds it again at the next
+// start, which writes the same pages. Whatever else a crash leaves is
+// removed when the store opens.
+type Store struct {
+	dir    string
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	base    string // current base directory name, or ""
+	meta    Meta   // the base's
+	deltas  []Meta // snapshots not yet folded into the base, oldest first
+	readers int    // open streams of the base: no fold meanwhile
+	seq     uint64
+}
+
+// Meta describes a snapshot.
+type Meta struct {
+	Raft raft.SnapshotMeta
+	DBs  []DBMeta
+	Seq  uint64 // of a delta: its file names
+}
+
+var _ raft.SnapshotStore = (*Store)(nil)
+
+// OpenStore opens (creating it if needed) the snapshot store in dir and
+// finishes or removes what a crash left.
+func OpenStore(dir string, logger *slog.Logger) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, logger: logger}
+	if b, err := os.ReadFile(filepath.Join(dir, "CURRENT")); err == nil {
+		s.base = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if n, ok := seqOf(name); ok {
+			s.seq = max(s.seq, n)
+		}
+		if name == "CURRENT" || name == s.base {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			logger.Warn("cannot remove a snapshot file left by an earlier run", "file", name, "err", err)
+		}
+	}
+	if s.base == "" {
+		return s, nil
+	}
+	if err := readJSON(filepath.Join(dir, s.base, "meta.json"), &s.meta); err != nil {
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	entries, err = os.ReadDir(filepath.Join(dir, s.base))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if n, ok := seqOf(name); ok {
+			s.seq = max(s.seq, n)
+		}
+		path := filepath.Join(dir, s.base, name)
+		switch {
+		case strings.HasSuffix(name, ".json") && strings.HasPrefix(name, "delta-"):
+			var m Meta
+			if err := readJSON(path, &m); err != nil {
+				return nil, fmt.Errorf("snapshot store: %w", err)
+			}
+			s.deltas = append(s.deltas, m)
+		case strings.HasSuffix(name, ".pages"):
+			if _, err := os.Stat(strings.TrimSuffix(path, ".pages") + ".json"); err != nil {
+				os.Remove(path) // never completed
+			}
+		case strings.HasSuffix(name, ".tmp"):
+			os.Remove(path)
+		}
+	}
+	slices.SortFunc(s.deltas, func(a, b Meta) int { return int(a.Seq) - int(b.Seq) })
+	if err := s.foldAll(); err != nil {
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	return s, nil
+}
+
+// seqOf reads the sequence number in a name like base-7, tmp-7.pages or
+// delta-7.json.
+func seqOf(name string) (uint64, bool) {
+	_, rest, ok := strings.Cut(name, "-")
+	if !ok {
+		return 0, false
+	}
+	rest, _, _ = strings.Cut(rest, ".")
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// writeJSON writes v to path atomically and durably.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(path+".tmp", b); err != nil {
+		return err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// Latest returns the latest snapshot's Meta.
+func (s *Store) Latest() (Meta, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.latest()
+}
+
+func (s *Store) latest() (Meta, bool) {
+	if n := len(s.deltas); n > 0 {
+		return s.deltas[n-1], true
+	}
+	return s.meta, s.base != "" && s.meta.Raft.ID != ""
+}
+
+// List implements raft.SnapshotStore: the latest snapshot, if any.
+func (s *Store) List() ([]*raft.SnapshotMeta, error) {
+	m, ok := s.Latest()
+	if !ok {
+		return nil, nil
+	}
+	rm := m.Raft
+	rm.Size = int64(fullSize(m.DBs))
+	return []*raft.SnapshotMeta{&rm}, nil
+}
+
+// Create implements raft.SnapshotStore. The sink takes a delta (from
+// FSM.Persist) or a full snapshot (from a leader).
+func (s *Store) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, _ raft.Transport) (raft.SnapshotSink, error) {
+	s.mu.Lock()
+	s.seq++
+	seq := s.seq
+	s.mu.Unlock()
+	k := &sink{s: s, seq: seq, done: make(chan error, 1)}
+	k.meta = Meta{Seq: seq, Raft: raft.SnapshotMeta{
+		Version: version, ID: fmt.Sprintf("%d-%d-%d", term, index, seq), Index: index, Term: term,
+		Configuration: configuration, ConfigurationIndex: configurationIndex,
+	}}
+	pr, pw := io.Pipe()
+	k.pw = pw
+	go func() {
+		err := k.receive(pr)
+		pr.CloseWithError(errors.Join(err, errCanceled))
+		k.done <- err
+	}()
+	return k, nil
+}
+
+var errCanceled = errors.New("snapshot canceled")
+
+// sink receives a snapshot stream into tmp-SEQ.pages (a delta) or the
+// directory tmp-SEQ (a full snapshot).
+type sink struct {
+	s    *Store
+	seq  uint64
+	meta Meta
+	pw   *io.PipeWriter
+	done chan error
+	kind byte
+	once sync.Once
+}
+
+func (k *sink) ID() string                  { return k.meta.Raft.ID }
+func (k *sink) Write(p []byte) (int, error) { return k.pw.Write(p) }
+
+func (k *sink) tmp() string { return filepath.Join(k.s.dir, fmt.Sprintf("tmp-%d", k.seq)) }
+
+// receive reads and checks the stream, and writes it where it belongs.
+func (k *sink) receive(r io.Reader) error {
+	sr, err := newStreamReader(r)
+	if err != nil {
+		return err
+	}
+	k.kind = sr.kind
+	if k.kind == kindDelta {
+		return k.receiveDelta(sr)
+	}
+	return k.receiveFull(sr)
+}
+
+func (k *sink) receiveDelta(sr *streamReader) error {
+	f, err := os.Create(k.tmp() + ".pages")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := writeStreamStart(w, kindDelta); err != nil {
+		return err
+	}
+	buf := make([]byte, 65536)
+	for {
+		h, ok, err := sr.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		k.meta.DBs = append(k.meta.DBs, h.DBMeta)
+		if _, err := w.Write(h.encode()); err != nil {
+			return err
+		}
+		for i := uint32(0); i < h.count; i++ {
+			p, err := sr.page(buf)
+			if err != nil {
+				return err
+			}
+			if err := writePage(w, p, buf[:h.PageSize]); err != nil {
+				return err
+			}
+		}
+	}
+	if err := writeStreamEnd(w); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func (k *sink) receiveFull(sr *streamReader) error {
+	dir := k.tmp()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	buf := make([]byte, 65536)
+	for {
+		h, ok, err := sr.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		k.meta.DBs = append(k.meta.DBs, h.DBMeta)
+		if err := copyPages(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyPages writes the pages of a full stream's database to a new file.
+func copyPages(path string, sr *streamReader, h dbHeader, buf []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 1<<20)
+	for i := uint32(0); i < h.count; i++ {
+		if _, err := sr.page(buf); err != nil {
+			return err
+		}
+		if _, err := w.Write(buf[:h.PageSize]); err != nil {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// Close implements raft.SnapshotSink: the snapshot becomes the latest.
+func (k *sink) Close() error {
+	var err error
+	k.once.Do(func() {
+		k.pw.Close()
+		if err = <-k.done; err == nil {
+			err = k.s.add(k)
+		}
+		if err != nil {
+			k.cleanup()
+		}
+	})
+	return err
+}
+
+// Cancel implements raft.SnapshotSink.
+func (k *sink) Cancel() error {
+	k.once.Do(func() {
+		k.pw.CloseWithError(errCanceled)
+		<-k.done
+		k.cleanup()
+	})
+	return nil
+}
+
+func (k *sink) cleanup() {
+	os.RemoveAll(k.tmp())
+	os.Remove(k.tmp() + ".pages")
+}
+
+// add makes a received snapshot the latest.
+func (s *Store) add(k *sink) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k.kind == kindFull {
+		if err := writeJSON(filepath.Join(k.tmp(), "meta.json"), k.meta); err != nil {
+			return err
+		}
+		if err := syncDir(k.tmp()); err != nil {
+			return err
+		}
+		base := fmt.Sprintf("base-%d", k.seq)
+		if err := os.Rename(k.tmp(), filepath.Join(s.dir, base)); err != nil {
+			return err
+		}
+		if err := s.setCurrent(base); err != nil {
+			return err
+		}
+		return nil
+	}
+	if s.base == "" {
+		// The first snapshot: a delta over an empty base.
+		base := fmt.Sprintf("base-%d", k.seq)
+		if err := os.Mkdir(filepath.Join(s.dir, base), 0o755); err != nil {
+			return err
+		}
+		if err := writeJSON(filepath.Join(s.dir, base, "meta.json"), Meta{}); err != nil {
+			return err
+		}
+		if err := s.setCurrent(base); err != nil {
+			return err
+		}
+	}
+	name := fmt.Sprintf("delta-%d", k.seq)
+	if err := os.Rename(k.tmp()+".pages", filepath.Join(s.dir, s.base, name+".pages")); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(s.dir, s.base, name+".json"), k.meta); err != nil {
+		return err
+	}
+	s.deltas = append(s.deltas, k.meta)
+	if s.readers == 0 {
+		return s.foldAll()
+	}
+	return nil
+}
+
+// setCurrent makes base the current base directory and removes the
+// previous one. s.mu is held.
+func (s *Store) setCurrent(base string) error {
+	if err := writeFileSync(filepath.Join(s.dir, "CURRENT.tmp"), []byte(base)); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(s.dir, "CURRENT.tmp"), filepath.Join(s.dir, "CURRENT")); err != nil {
+		return err
+	}
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
+	old := s.base
+	s.base, s.deltas = base, nil
+	if err := readJSON(filepath.Join(s.dir, base, "meta.json"), &s.meta); err != nil {
+		return err
+	}
+	if old != "" {
+		// A stream still open on it keeps its files (on Windows, removal
+		// fails and the next start removes them).
+		if err := os.RemoveAll(filepath.Join(s.dir, old)); err != nil {
+			s.logger.Warn("cannot remove an old snapshot yet", "dir", old, "err", err)
+		}
+	}
+	return nil
+}
+
+// foldAll folds every pending delta into the base. s.mu is held and no
+// stream is open.
+func (s *Store) foldAll() error {
+	for len(s.deltas) > 0 {
+		if err := s.fold(s.deltas[0]); err != nil {
+			return err
+		}
+		s.deltas = s.deltas[1:]
+	}
+	return nil
+}
+
+// fold writes a delta's pages into the base's files.
+func (s *Store) fold(m Meta) error {
+	dir := filepath.Join(s.dir, s.base)
+	name := filepath.Join(dir, fmt.Sprintf("delta-%d", m.Seq))
+	f, err := os.Open(name + ".pages")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sr, err := newStreamReader(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	buf := make([]byte, 65536)
+	for {
+		h, ok, err := sr.next()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if !ok {
+			break
+		}
+		if err := foldDB(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(dir, "meta.json"), m); err != nil {
+		return err
+	}
+	s.meta = m
+	if err := os.Remove(name + ".json"); err != nil {
+		return err
+	}
+	return os.Remove(name + ".pages")
+}
+
+func foldDB(path string, sr *streamReader, h dbHeader, buf []byte) error {
+	db, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ps := int64(h.PageSize)
+	for i := uint32(0); i < h.count; i++ {
+		p, err := sr.page(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := db.WriteAt(buf[:ps], int64(p-1)*ps); err != nil {
+			return err
+		}
+	}
+	if err := db.Truncate(int64(h.Pages) * ps); err != nil {
+		return err
+	}
+	return db.Sync()
+}
+
+// Open implements raft.SnapshotStore for the latest snapshot: a full
+// stream of it, read from the base and the deltas not yet folded.
+func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.latest()
+	if !ok || m.Raft.ID != id {
+		return nil, nil, fmt.Errorf("snapshot %s: not the latest", id)
+	}
+	if s.readers == 0 {
+		if err := s.foldAll(); err != nil {
+			return nil, nil, err
+		}
+	}
+	r := &streamOut{s: s, meta: m, files: map[string]*os.File{}, base: filepath.Join(s.dir, s.base)}
+	if err := r.open(r.base, s.deltas); err != nil {
+		r.closeFiles()
+		return nil, nil, err
+	}
+	s.readers++
+	rm := m.Raft
+	rm.Size = int64(fullSize(m.DBs))
+	pr, pw := io.Pipe()
+	r.pr = pr
+	r.done = make(chan struct{})
+	go func() {
+		defer close(r.done)
+		pw.CloseWithError(r.write(pw))
+	}()
+	return &rm, r, nil
+}
+
+// pageLoc is where a page of a delta not yet folded is.
+type pageLoc struct {
+	file *os.File
+	off  int64
+}
+
+// streamOut serves a full stream of a snapshot.
+type streamOut struct {
+	s       *Store
+	base    string // the base directory when the stream opened
+	meta    Meta
+	files   map[string]*os.File // base files and delta files, by path
+	overlay map[string]map[uint32]pageLoc
+	pr      *io.PipeReader
+	done    chan struct{}
+	once    sync.Once
+}
+
+// open opens the files the stream reads, so that a later change of base
+// cannot change what it serves, and indexes the pages of the deltas.
+func (r *streamOut) open(base string, deltas []Meta) error {
+	for _, d := range r.meta.DBs {
+		p := filepath.Join(base, "db-"+d.Name)
+		f, err := os.Open(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // every page is in a delta
+		}
+		if err != nil {
+			return err
+		}
+		r.files[p] = f
+	}
+	for _, m := range deltas {
+		p := filepath.Join(base, fmt.Sprintf("delta-%d.pages", m.Seq))
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		r.files[p] = f
+		if err := r.index(f); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// index records where each page of a delta is; a later delta's page
+// replaces an earlier one's.
+func (r *streamOut) index(f *os.File) error {
+	if r.overlay == nil {
+		r.overlay = map[string]map[uint32]pageLoc{}
+	}
+	sr, err := newStreamReader(io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return err
+	}
+	off := int64(len(streamMagic) + 1)
+	buf := make([]byte, 65536)
+	for {
+		h, ok, err := sr.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		off += int64(len(h.encode()))
+		m := r.overlay[h.Name]
+		if m == nil {
+			m = map[uint32]pageLoc{}
+			r.overlay[h.Name] = m
+		}
+		for i := uint32(0); i < h.count; i++ {
+			p, err := sr.page(buf)
+			if err != nil {
+				return err
+			}
+			m[p] = pageLoc{f, off + 4}
+			off += 4 + int64(h.PageSize)
+		}
+	}
+}
+
+func (r *streamOut) write(pw io.Writer) error {
+	w := bufio.NewWriterSize(pw, 1<<20)
+	if err := writeStreamStart(w, kindFull); err != nil {
+		return err
+	}
+	buf := make([]byte, 65536)
+	for _, d := range r.meta.DBs {
+		if _, err := w.Write(dbHeader{DBMeta: d, count: d.Pages}.encode()); err != nil {
+			return err
+		}
+		f := r.files[filepath.Join(r.base, "db-"+d.Name)]
+		over := r.overlay[d.Name]
+		ps := int64(d.PageSize)
+		page := buf[:ps]
+		for p := uint32(1); p <= d.Pages; p++ {
+			var err error
+			if loc, ok := over[p]; ok {
+				_, err = loc.file.ReadAt(page, loc.off)
+			} else if f != nil {
+				_, err = f.ReadAt(page, int64(p-1)*ps)
+			} else {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return fmt.Errorf("snapshot %s: page %d of %s: %w", r.meta.Raft.ID, p, d.Name, err)
+			}
+			if err := writePage(w, p, page); err != nil {
+				return err
+			}
+		}
+	}
+	if err := writeStreamEnd(w); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+func (r *streamOut) Read(p []byte) (int, error) { return r.pr.Read(p) }
+
+// Close ends the stream; the deltas that arrived meanwhile are folded once
+// no stream is open.
+func (r *streamOut) Close() error {
+	r.once.Do(func() {
+		r.pr.CloseWithError(errCanceled)
+		<-r.done
+		r.closeFiles()
+		r.s.mu.Lock()
+		defer r.s.mu.Unlock()
+		r.s.readers--
+		if r.s.readers == 0 {
+			if err := r.s.foldAll(); err != nil {
+				r.s.logger.Error("cannot fold a snapshot into the base", "err", err)
+			}
+		}
+	})
+	return nil
+}
+
+func (r *streamOut) closeFiles() {
+	for _, f := range r.files {
+		f.Close()
+	}
+}
