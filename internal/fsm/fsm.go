@@ -633,7 +633,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		if !ok {
 			return nil
 		}
-			if err := f.restoreDB(sr, h); err != nil {
+		if err := f.restoreDB(sr, h); err != nil {
 			return fmt.Errorf("restore %s: %w", h.Name, err)
 		}
 		f.stats.restored.Add(1)
