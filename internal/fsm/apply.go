@@ -8,6 +8,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/vfs"
@@ -63,9 +64,13 @@ func (d *DB) appendFrames(index uint64, pageSize, dbSize uint32, pages []command
 		if err := w.write(pages[i:end], commit); err != nil {
 			return err
 		}
+		if end < len(pages) {
+			crashpoint.Hit("apply-batch")
+		}
 		i = end
 	}
-	if err := w.finish(index, dbSize); err != nil {
+	crashpoint.Hit("apply-written", d.Name, index)
+	if err := w.finish(index, dbSize, "apply-recorded"); err != nil {
 		return err
 	}
 	d.markDirty(pages)
@@ -73,10 +78,11 @@ func (d *DB) appendFrames(index uint64, pageSize, dbSize uint32, pages []command
 }
 
 // finish records the transaction in the applied log and publishes it.
-func (a *appender) finish(index uint64, dbSize uint32) error {
+func (a *appender) finish(index uint64, dbSize uint32, point string) error {
 	if err := a.d.record(a.max, a.walHdr.Salt, index); err != nil {
 		return err
 	}
+	crashpoint.Hit(point, a.d.Name, index)
 	if err := a.publish(dbSize); err != nil {
 		return err
 	}
@@ -208,7 +214,10 @@ func (d *DB) maybeCheckpoint() {
 	defer d.ckptMu.Unlock()
 	d.apply.BusyTimeout(0)
 	defer d.apply.BusyTimeout(time.Second)
+	crashpoint.Hit("checkpoint-start")
+	during := crashpoint.During("checkpoint-backfill", d.path)
 	_, _, err = d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
+	during()
 	if err != nil && !errors.Is(err, sqlite3.BUSY) {
 		d.opts.Logger.Warn("checkpoint failed", "database", d.Name, "err", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/vfs"
@@ -278,19 +279,45 @@ func (d *DB) Written(conn uint64, frame uint32, salt [2]uint32) error {
 	if p == nil || p.conn != conn || p.state != committed {
 		return fmt.Errorf("%w: no committed transaction of connection %d to record", errs.ErrDiverged, conn)
 	}
-	return d.record(frame, salt, p.index)
+	crashpoint.Hit("commit-written", d.Name, p.index)
+	if err := d.record(frame, salt, p.index); err != nil {
+		return err
+	}
+	crashpoint.Hit("commit-recorded", d.Name, p.index)
+	return nil
 }
 
 // record appends a commit record to the applied log.
 func (d *DB) record(frame uint32, salt [2]uint32, index uint64) error {
 	d.recMu.Lock()
 	defer d.recMu.Unlock()
+	r := record{kind: recCommit, frame: frame, salt: salt, index: index}
 	for attempt := 0; ; attempt++ {
-		err := d.rec.append(record{kind: recCommit, frame: frame, salt: salt, index: index})
+		err := d.rec.append(r)
 		if err == nil || !d.retryDisk(err, attempt, "applied log") {
+			if err == nil && d.rec.size >= maxAppliedLog {
+				d.compact(r)
+			}
 			return err
 		}
 	}
+}
+
+// maxAppliedLog is the size at which an applied log is rewritten.
+const maxAppliedLog = 64 << 10
+
+// compact replaces the applied log by its header and last record, which
+// is all a start needs (see recoverDB): the records before it name
+// transactions that came before it in the WAL or were checkpointed. A
+// failure leaves the long log in place. recMu is held.
+func (d *DB) compact(last record) {
+	l, err := writeAppliedLog(d.rec.f.Name(), []record{{kind: recHeader, pageSize: d.pageSize}, last})
+	if err != nil {
+		d.opts.Logger.Warn("cannot rewrite the applied log", "database", d.Name, "err", err)
+		return
+	}
+	d.rec.close()
+	d.rec = l
 }
 
 // DiskError implements vfs.Committer: the node should stop leading.

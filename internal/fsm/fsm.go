@@ -36,6 +36,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -583,6 +584,7 @@ func (ds *dbSnapshot) writePages(w io.Writer, dbf *os.File) error {
 		if err := d.readPage(x, dbf, p, ds.maxFrame, page); err != nil {
 			return err
 		}
+		crashpoint.Hit("snapshot-persist")
 		return writePage(w, p, page)
 	})
 }
@@ -625,12 +627,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if sr.kind != kindFull {
 		return fmt.Errorf("restore: %w: a delta", errStream)
 	}
+	crashpoint.Hit("install-current")
 	for {
 		h, ok, err := sr.next()
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
 		if !ok {
+			crashpoint.Hit("install-restored")
 			return nil
 		}
 		if err := f.restoreDB(sr, h); err != nil {
@@ -675,6 +679,7 @@ func (f *FSM) create(sr *streamReader, h dbHeader) error {
 	if err := syncDir(f.dir); err != nil {
 		return err
 	}
+	crashpoint.Hit("install-create")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -752,7 +757,10 @@ func (d *DB) restore(sr *streamReader, h dbHeader) error {
 				return err
 			}
 			list = list[:0]
+			if p < h.Pages {
+				crashpoint.Hit("install-restore")
+			}
 		}
 	}
-	return a.finish(h.Index, h.Pages)
+	return a.finish(h.Index, h.Pages, "install-restore")
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/godqlite/dqlite/internal/crashpoint"
 )
 
 // Store is the node's raft.SnapshotStore. It keeps one copy of every
@@ -301,6 +303,7 @@ func (k *sink) receiveFull(sr *streamReader) error {
 		if err := copyPages(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
 			return err
 		}
+		crashpoint.Hit("install-receive")
 	}
 	return nil
 }
@@ -372,6 +375,7 @@ func (s *Store) add(k *sink) error {
 		if err := os.Rename(k.tmp(), filepath.Join(s.dir, base)); err != nil {
 			return err
 		}
+		crashpoint.Hit("install-base")
 		if err := s.setCurrent(base); err != nil {
 			return err
 		}
@@ -394,6 +398,7 @@ func (s *Store) add(k *sink) error {
 	if err := os.Rename(k.tmp()+".pages", filepath.Join(s.dir, s.base, name+".pages")); err != nil {
 		return err
 	}
+	crashpoint.Hit("snapshot-stored")
 	if err := writeJSON(filepath.Join(s.dir, s.base, name+".json"), k.meta); err != nil {
 		return err
 	}
@@ -468,6 +473,7 @@ func (s *Store) fold(m Meta) error {
 		if err := foldDB(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
 			return err
 		}
+		crashpoint.Hit("snapshot-fold")
 	}
 	if err := syncDir(dir); err != nil {
 		return err
@@ -476,6 +482,7 @@ func (s *Store) fold(m Meta) error {
 		return err
 	}
 	s.meta = m
+	crashpoint.Hit("snapshot-folded")
 	if err := os.Remove(name + ".json"); err != nil {
 		return err
 	}

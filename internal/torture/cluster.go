@@ -49,6 +49,9 @@ type proc struct {
 	exited   chan struct{}
 	killing  bool // the driver is stopping it: its exit is expected
 	exitErr  error
+	crash    string // armed at its next start: -crash point:n
+	crashing bool   // it is armed: its exit is expected, and counted in crashed
+	crashed  int
 	wiped    bool   // its directory was removed: it may only come back under a new ID
 	idAtWipe uint64 // the ID it had then
 	starts   int
@@ -141,6 +144,10 @@ func (c *cluster) start(i int, bootstrap, slots string) error {
 	if bootstrap != "" {
 		args = append(args, "-cluster", bootstrap)
 	}
+	if p.crash != "" {
+		args = append(args, "-crash", p.crash)
+		p.crash, p.crashing = "", true
+	}
 	cmd := exec.Command(c.exe[0], args...)
 	cmd.ExtraFiles = []*os.File{p.raftF, p.httpF}
 	logFile, err := os.OpenFile(filepath.Join(c.dir, fmt.Sprintf("node%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -185,12 +192,15 @@ func (c *cluster) start(i int, bootstrap, slots string) error {
 		logFile.Close()
 		c.mu.Lock()
 		if p.cmd == cmd {
-			if !p.killing {
+			if p.crashing && !p.killing {
+				p.crashed++
+				c.logf("slot %d (node %d) died at its crash point (see node%d.log)", i, p.id, i)
+			} else if !p.killing {
 				msg := fmt.Sprintf("slot %d (node %d) exited on its own: %v (see node%d.log)", i, p.id, err, i)
 				c.crashes = append(c.crashes, msg)
 				c.logf("%s", msg)
 			}
-			p.state, p.cmd, p.exitErr = down, nil, err
+			p.state, p.cmd, p.exitErr, p.crashing = down, nil, err, false
 		}
 		c.mu.Unlock()
 		close(exited)

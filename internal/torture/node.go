@@ -25,6 +25,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite"
+	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/faults"
 )
 
@@ -41,7 +42,7 @@ func nodeConfig(id dqlite.NodeID, l net.Listener, dir, logStore string, nt *Net,
 		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond, ApplyTimeout: 3 * time.Second,
 		OpenTimeout: 5 * time.Second, BusyTimeout: 3 * time.Second,
-		SnapshotThreshold: 512, SnapshotInterval: 2 * time.Second, TrailingLogs: 128,
+		SnapshotThreshold: 512, SnapshotInterval: 2 * time.Second, TrailingLogs: 128, CheckpointFrames: 200,
 		LogStore: logStore, Logger: logger,
 	}
 }
@@ -72,6 +73,7 @@ func NodeMain(args []string) int {
 	addrs := fs.String("slots", "", "slot=address,... of every slot's Raft address")
 	logStore := fs.String("logstore", "bolt", "Raft log store")
 	faultGen := fs.Int64("fault-gen", 0, "generation of the driver's faults when this node started: older /fault requests are ignored")
+	crash := fs.String("crash", "", "point:n: die at the n-th hit of crash point point (see internal/crashpoint)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -88,6 +90,13 @@ func NodeMain(args []string) int {
 			return fail(fmt.Errorf("bad -slots entry %q", p))
 		}
 		slots[addr] = i
+	}
+	if *crash != "" {
+		point, n, _ := strings.Cut(*crash, ":")
+		after, _ := strconv.Atoi(n)
+		if err := crashpoint.Arm(point, after); err != nil {
+			return fail(err)
+		}
 	}
 	rl, err := net.FileListener(os.NewFile(3, "raft"))
 	if err != nil {
@@ -292,6 +301,16 @@ func (nd *node) routes() http.Handler {
 		}
 		return reply{OK: true}
 	})
+	handle("/crash", func(ctx context.Context, q map[string]int64) reply {
+		p := q["point"]
+		if p < 0 || p >= int64(len(crashpoint.Points)) {
+			return reply{Err: fmt.Sprintf("no crash point %d", p)}
+		}
+		if err := crashpoint.Arm(crashpoint.Points[p], int(q["after"])); err != nil {
+			return reply{Err: err.Error()}
+		}
+		return reply{OK: true}
+	})
 	handle("/setup", nd.setup)
 	handle("/set/add", nd.setAdd)
 	handle("/bank/transfer", nd.bankTransfer)
@@ -315,7 +334,7 @@ func (nd *node) status(ctx context.Context, q map[string]int64) reply {
 
 // The databases of the workloads, and what each holds.
 var schemas = map[string]string{
-	"set":  `CREATE TABLE IF NOT EXISTS s (v INTEGER PRIMARY KEY)`,
+	"set":  `CREATE TABLE IF NOT EXISTS s (v INTEGER PRIMARY KEY); CREATE TABLE IF NOT EXISTS pad (v INTEGER, b BLOB)`,
 	"bank": `CREATE TABLE IF NOT EXISTS acct (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL)`,
 	"reg":  `CREATE TABLE IF NOT EXISTS r (k INTEGER PRIMARY KEY, v INTEGER NOT NULL); CREATE TABLE IF NOT EXISTS reads (n INTEGER)`,
 }
@@ -393,6 +412,10 @@ func (nd *node) setAdd(ctx context.Context, q map[string]int64) reply {
 	}
 	return nd.tx(ctx, db, func(tx *sql.Tx) (reply, error) {
 		_, err := tx.Exec(`INSERT INTO s VALUES (?)`, q["v"])
+		if err == nil && q["pad"] > 0 {
+			// A large transaction: its frames take several batches.
+			_, err = tx.Exec(`INSERT INTO pad VALUES (?, randomblob(?))`, q["v"], q["pad"])
+		}
 		return reply{OK: true}, err
 	})
 }

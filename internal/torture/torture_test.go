@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/godqlite/dqlite/internal/crashpoint"
 )
 
 // TestMain runs the test binary as a torture node when the driver starts
@@ -35,7 +37,7 @@ func options(t *testing.T) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "dqlite-"+t.Name()+"-")
+	dir, err := os.MkdirTemp("", "dqlite-"+strings.ReplaceAll(t.Name(), "/", "-")+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,5 +230,24 @@ func TestRegisterModel(t *testing.T) {
 		if got := porcupine.CheckOperationsTimeout(registerModel, tc.ops, 10*time.Second); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestCrash kills a node at each crash point (see internal/crashpoint):
+// the node restarts to a state the cluster went through, converges, and
+// every invariant holds.
+func TestCrash(t *testing.T) {
+	for _, point := range crashpoint.Points {
+		t.Run(point, func(t *testing.T) {
+			o := options(t)
+			r, err := RunCrash(context.Background(), o, point)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(r)
+			if !r.Pass() {
+				t.Errorf("%s", strings.Join(r.Problems, "; "))
+			}
+		})
 	}
 }

@@ -173,6 +173,7 @@ func divergence(finals map[int]*final) (int, []string) {
 // every node at the end, and no failed one on any.
 type setWorkload struct {
 	counts
+	pad                    int64 // every 20th insert also writes this many bytes, if set
 	next                   atomic.Int64
 	mu                     sync.Mutex
 	acked, failed, unknown map[int64]bool
@@ -188,7 +189,11 @@ func (w *setWorkload) db() int      { return 2 }
 func (w *setWorkload) client(ctx context.Context, r *router, id int) {
 	for ctx.Err() == nil {
 		v := w.next.Add(1)
-		rep, o := r.write(ctx, "/set/add", map[string]int64{"v": v})
+		q := map[string]int64{"v": v}
+		if w.pad > 0 && v%20 == 0 {
+			q["pad"] = w.pad
+		}
+		rep, o := r.write(ctx, "/set/add", q)
 		if ctx.Err() != nil && o != ok {
 			o = unknown // cut short by the end of the run
 		}

@@ -43,6 +43,7 @@ import (
 	sqlitevfs "github.com/ncruces/go-sqlite3/vfs"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -311,6 +312,9 @@ func (w *walFile) DeviceCharacteristics() sqlitevfs.DeviceCharacteristic {
 }
 
 func (w *walFile) Truncate(size int64) error {
+	if size == 0 {
+		crashpoint.Hit("checkpoint-backfilled") // by a TRUNCATE checkpoint
+	}
 	s := w.state
 	s.mu.Lock()
 	if size <= wal.HeaderSize {
