@@ -89,6 +89,13 @@ type Config struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
+	// MaxLogBytes bounds the Raft log by bytes too: a node takes a
+	// snapshot once the entries after the last one hold half of it, and
+	// keeps no more trailing entries after a snapshot than hold the other
+	// half. Default 64 MiB, so that large transactions do not fill the disk
+	// (10,240 trailing entries of 1 MiB are 10 GiB) or, with the BoltDB
+	// log, the node's memory (it maps all of raft.db).
+	MaxLogBytes int64
 
 	// LogStore selects the Raft log: "bolt" (default), hashicorp's BoltDB
 	// store in raft.db, or "wal", hashicorp's raft-wal in raft-wal/ (one
@@ -130,6 +137,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold:  8192,
 		SnapshotInterval:   10 * time.Second,
 		TrailingLogs:       10240,
+		MaxLogBytes:        64 << 20,
 		LogStore:           "bolt",
 		Logger:             slog.New(slog.DiscardHandler),
 	}
@@ -151,6 +159,7 @@ func (c Config) withDefaults() Config {
 	c.SnapshotThreshold = or(c.SnapshotThreshold, d.SnapshotThreshold)
 	c.SnapshotInterval = or(c.SnapshotInterval, d.SnapshotInterval)
 	c.TrailingLogs = or(c.TrailingLogs, d.TrailingLogs)
+	c.MaxLogBytes = or(c.MaxLogBytes, d.MaxLogBytes)
 	c.LogStore = or(c.LogStore, d.LogStore)
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -209,6 +218,9 @@ func (c Config) Validate() error {
 	}
 	if c.LogStore != "bolt" && c.LogStore != "wal" {
 		add("LogStore %q is neither \"bolt\" nor \"wal\"", c.LogStore)
+	}
+	if c.MaxLogBytes < 0 {
+		add("MaxLogBytes %d is negative", c.MaxLogBytes)
 	}
 	if c.TrailingLogs < 1 {
 		add("TrailingLogs must be positive")

@@ -29,6 +29,8 @@ type Node struct {
 	trans      *raft.NetworkTransport
 	stream     *streamLayer // the transport's connections; peersReport dials through it
 	store      logStore
+	snaps      *fsm.Store
+	snapping   atomic.Bool // a snapshot asked for by boundLog is under way
 	lock       *os.File
 	notifyCh   chan bool
 	diskErr    chan struct{} // this node's disk refused a write
@@ -91,6 +93,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("snapshot store: %w", err))
 	}
+	n.snaps = snaps
 	exists, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		return fail(fmt.Errorf("read raft state: %w", err))
@@ -541,6 +544,31 @@ func (n *Node) watchLeadership() {
 			lastTransfer = n.handOver(lastTransfer)
 		case <-tick.C:
 			lastTransfer = n.handOver(lastTransfer)
+			n.boundLog()
+		}
+	}
+}
+
+// boundLog bounds the Raft log by bytes (Config.MaxLogBytes): it asks for
+// a snapshot once the entries after the latest one hold half the bound,
+// and lowers the number of entries kept after a snapshot so that they hold
+// at most the other half.
+func (n *Node) boundLog() {
+	half := n.cfg.MaxLogBytes / 2
+	latest, _ := n.snaps.Latest()
+	if n.fsm.LogBytesSince(latest.Raft.Index) >= half && n.snapping.CompareAndSwap(false, true) {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer n.snapping.Store(false)
+			n.await(n.raft.Snapshot())
+		}()
+	}
+	rc := n.raft.ReloadableConfig()
+	if keep := n.fsm.EntriesWithin(half, n.cfg.TrailingLogs); keep != rc.TrailingLogs {
+		rc.TrailingLogs = keep
+		if err := n.raft.ReloadConfig(rc); err != nil {
+			n.cfg.Logger.Warn("cannot bound the Raft log", "err", err)
 		}
 	}
 }

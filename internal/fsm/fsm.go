@@ -54,6 +54,7 @@ type FSM struct {
 
 	untrusted string // why the files found at start cannot be used, or ""
 	stats     struct{ skipped, appended, restored atomic.Int64 }
+	sizes     logSizes
 }
 
 // Stats counts what the FSM did since it started.
@@ -368,6 +369,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	f.sizes.add(l.Index, len(l.Data))
 	cmd, err := command.Decode(l.Data)
 	if err != nil {
 		f.opts.Logger.Error("cannot decode log entry", "index", l.Index, "err", err)
