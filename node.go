@@ -263,6 +263,10 @@ func (n *Node) Leader() (NodeID, string) {
 	return NodeID(v), string(addr)
 }
 
+// AppliedIndex returns the Raft index of the last entry this node applied
+// to its databases.
+func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+
 // IsLeader reports whether this node is the leader and ready for writes.
 func (n *Node) IsLeader() bool { return n.checkLeader() == nil }
 

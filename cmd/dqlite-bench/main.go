@@ -5,11 +5,16 @@
 //	                          [-systems dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3]
 //	                          [-logstore bolt|wal] [-json]
 //
+//	go run ./cmd/dqlite-bench -workloads scale -size 1GiB [-duration 60s]
+//
 // Workloads: insert (1-row INSERT transactions), batch (100-row
 // transactions), read (point SELECT by primary key over 10k rows), each
 // with N concurrent clients. Peers are used when their programs are on
 // PATH (rqlited; dqlite-demo of go-dqlite v1.11); a missing peer is
 // skipped with a line saying how to install it.
+//
+// The scale workload measures this project alone, at 10 MiB and at -size:
+// see scale.go.
 package main
 
 import (
@@ -32,6 +37,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == nodeFlag {
 		os.Exit(runNode(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == scaleNodeFlag {
+		os.Exit(runScaleNode(os.Args[2:]))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -86,8 +94,38 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	logStore := fs.String("logstore", "bolt", "this project's Raft log store: bolt or wal")
 	dir := fs.String("dir", "", "where data goes (default: a temporary directory, removed afterwards)")
+	size := fs.String("size", "1GiB", "the scale workload's database size, measured beside 10MiB")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *workloads == "scale" {
+		sz, err := parseSize(*size)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 2
+		}
+		d := 60 * time.Second // long enough for several snapshots at the defaults
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "duration" {
+				d = *duration
+			}
+		})
+		if *dir == "" {
+			t, err := os.MkdirTemp("", "dqlite-bench-")
+			if err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+			defer os.RemoveAll(t)
+			*dir = t
+		}
+		ls := "" // the library's default, unless asked
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "logstore" {
+				ls = *logStore
+			}
+		})
+		return runScale(ctx, []int64{10 << 20, sz}, d, *dir, ls, stdout, stderr)
 	}
 	ws, err := parseWorkloads(*workloads, *duration)
 	if err != nil {

@@ -25,12 +25,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/ncruces/go-sqlite3"
@@ -436,7 +438,10 @@ type dbSnapshot struct {
 }
 
 type snapshot struct {
-	dbs []dbSnapshot
+	dbs    []dbSnapshot
+	logger *slog.Logger
+	start  time.Time
+	pages  int64 // written by Persist
 }
 
 // Snapshot pins, for each database, the state at the last applied entry:
@@ -447,7 +452,7 @@ type snapshot struct {
 // checkpoints. Persist then streams those pages. It is quick: no I/O but
 // opening a connection and reading the wal-index header.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	s := &snapshot{}
+	s := &snapshot{logger: f.opts.Logger, start: time.Now()}
 	for _, d := range f.Databases() {
 		d.waitSettled()
 		if err := d.Failed(); err != nil {
@@ -547,8 +552,11 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	}
 	if err != nil {
 		s.giveBack()
+		return err
 	}
-	return err
+	s.logger.Info("snapshot taken", "id", sink.ID(), "databases", len(s.dbs), "pages", s.pages,
+		"took", time.Since(s.start).Round(time.Microsecond).String())
+	return nil
 }
 
 func (s *snapshot) write(w io.Writer) error {
@@ -573,6 +581,7 @@ func (s *snapshot) write(w io.Writer) error {
 			return fmt.Errorf("snapshot %s: %w", d.Name, err)
 		}
 		ds.release()
+		s.pages += int64(h.count)
 	}
 	return writeStreamEnd(w)
 }
@@ -630,6 +639,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w: a delta", errStream)
 	}
 	crashpoint.Hit("install-current")
+	start, n := time.Now(), 0
 	for {
 		h, ok, err := sr.next()
 		if err != nil {
@@ -637,8 +647,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		}
 		if !ok {
 			crashpoint.Hit("install-restored")
+			f.opts.Logger.Info("snapshot restored", "databases", n, "took", time.Since(start).Round(time.Microsecond).String())
 			return nil
 		}
+		n++
 		if err := f.restoreDB(sr, h); err != nil {
 			return fmt.Errorf("restore %s: %w", h.Name, err)
 		}
