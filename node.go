@@ -560,7 +560,7 @@ func (n *Node) watchLeadership() {
 func (n *Node) boundLog() {
 	half := n.cfg.MaxLogBytes / 2
 	latest, _ := n.snaps.Latest()
-	if n.fsm.LogBytesSince(latest.Raft.Index) >= half && n.snapping.CompareAndSwap(false, true) {
+	if n.fsm.LogBytesSince(latest.Raft.Index) >= half && !n.fsm.CatchingUp() && n.snapping.CompareAndSwap(false, true) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()

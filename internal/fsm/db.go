@@ -431,18 +431,23 @@ func (d *DB) claim(f *command.Frames, index uint64) bool {
 // waitSettled blocks until no committed transaction waits to be published:
 // until the driver settles it, or the wal-index change counter moves (only
 // that transaction's connection, which holds the write lock, can move it).
-func (d *DB) waitSettled() {
+// It reports false if the node stopped first, with one still waiting.
+func (d *DB) waitSettled() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for d.pending != nil && d.pending.state == committed && !d.opts.stopping.Load() {
+	for d.pending != nil && d.pending.state == committed {
 		if h, err := wal.NewIndex(d.shm).Header(); err == nil && h.Change != d.pending.change {
 			d.pending = nil
-			return
+			return true
+		}
+		if d.opts.stopping.Load() {
+			return false
 		}
 		d.mu.Unlock()
 		time.Sleep(100 * time.Microsecond)
 		d.mu.Lock()
 	}
+	return true
 }
 
 // randomSalt returns a fresh WAL salt.
@@ -451,10 +456,12 @@ func randomSalt() uint32 { return rand.Uint32() }
 // CheckpointNow copies the whole WAL into the database file and truncates
 // it, waiting up to timeout for readers and writers to get out of the way.
 func (d *DB) CheckpointNow(timeout time.Duration) error {
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
+	// The snapshot's lock first: waiting for a snapshot being persisted
+	// must not hold up applies.
 	d.ckptMu.Lock()
 	defer d.ckptMu.Unlock()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.apply.BusyTimeout(timeout)
 	defer d.apply.BusyTimeout(time.Second)
 	_, _, err := d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)

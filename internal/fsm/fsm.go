@@ -57,7 +57,16 @@ type FSM struct {
 	untrusted string // why the files found at start cannot be used, or ""
 	stats     struct{ skipped, appended, restored atomic.Int64 }
 	sizes     logSizes
+	// lastSeen is the index of the last entry Apply saw (or of the
+	// snapshot Restore installed); heldAtStart the highest index the files
+	// held at start. Until Raft's replay passes it, the sets of changed
+	// pages are incomplete and Snapshot refuses.
+	lastSeen, heldAtStart atomic.Uint64
 }
+
+// CatchingUp reports whether Raft has yet to replay entries that the
+// files held at start.
+func (f *FSM) CatchingUp() bool { return f.lastSeen.Load() < f.heldAtStart.Load() }
 
 // Stats counts what the FSM did since it started.
 type Stats struct {
@@ -98,12 +107,14 @@ func New(dir string, opts Options) (*FSM, error) {
 			break
 		}
 		f.dbs[name] = d
+		f.heldAtStart.Store(max(f.heldAtStart.Load(), r.index))
 	}
 	if f.untrusted != "" {
 		for _, d := range f.dbs {
 			d.close()
 		}
 		f.dbs = map[string]*DB{}
+		f.heldAtStart.Store(0)
 	}
 	return f, nil
 }
@@ -130,6 +141,7 @@ func (f *FSM) Reset() error {
 	}
 	f.dbs = map[string]*DB{}
 	f.mu.Unlock()
+	f.heldAtStart.Store(0)
 	return removeAll(f.dir)
 }
 
@@ -372,6 +384,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return nil
 	}
 	f.sizes.add(l.Index, len(l.Data))
+	f.lastSeen.Store(l.Index)
 	cmd, err := command.Decode(l.Data)
 	if err != nil {
 		f.opts.Logger.Error("cannot decode log entry", "index", l.Index, "err", err)
@@ -438,11 +451,15 @@ type dbSnapshot struct {
 }
 
 type snapshot struct {
-	dbs    []dbSnapshot
-	logger *slog.Logger
-	start  time.Time
-	pages  int64 // written by Persist
+	dbs       []dbSnapshot
+	logger    *slog.Logger
+	start     time.Time
+	pages     int64 // written by Persist
+	persisted bool  // and stored: the changed pages are in the store
 }
+
+// errCatchingUp refuses a snapshot while Raft replays what the files held.
+var errCatchingUp = errors.New("not yet caught up after a restart")
 
 // Snapshot pins, for each database, the state at the last applied entry:
 // it opens a read transaction there (so that no checkpoint, ours or the
@@ -452,9 +469,19 @@ type snapshot struct {
 // checkpoints. Persist then streams those pages. It is quick: no I/O but
 // opening a connection and reading the wal-index header.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if last, held := f.lastSeen.Load(), f.heldAtStart.Load(); last < held {
+		// The files hold entries Raft has not replayed yet: the sets of
+		// changed pages miss theirs.
+		return nil, fmt.Errorf("%w: replaying the log up to index %d, which the files held at start (at %d)",
+			errCatchingUp, held, last)
+	}
 	s := &snapshot{logger: f.opts.Logger, start: time.Now()}
 	for _, d := range f.Databases() {
-		d.waitSettled()
+		if !d.waitSettled() {
+			s.giveBack()
+			s.Release()
+			return nil, fmt.Errorf("snapshot %s: %w", d.Name, errs.ErrClosed)
+		}
 		if err := d.Failed(); err != nil {
 			// Its files miss entries: a snapshot must not claim them.
 			s.giveBack()
@@ -554,6 +581,7 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 		s.giveBack()
 		return err
 	}
+	s.persisted = true
 	s.logger.Info("snapshot taken", "id", sink.ID(), "databases", len(s.dbs), "pages", s.pages,
 		"took", time.Since(s.start).Round(time.Microsecond).String())
 	return nil
@@ -618,9 +646,14 @@ func (d *DB) readPage(x *wal.Index, dbf *os.File, p, maxFrame uint32, page []byt
 }
 
 // Release unblocks the checkpoints of databases not yet persisted.
+// Raft may release a snapshot it never persisted (a configuration change
+// not yet applied, a shutdown): the changed pages go back for the next.
 func (s *snapshot) Release() {
 	for i := range s.dbs {
 		s.dbs[i].release()
+	}
+	if !s.persisted {
+		s.giveBack()
 	}
 }
 
@@ -646,6 +679,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("restore: %w", err)
 		}
 		if !ok {
+			f.heldAtStart.Store(0) // the databases hold the snapshot now
 			crashpoint.Hit("install-restored")
 			f.opts.Logger.Info("snapshot restored", "databases", n, "took", time.Since(start).Round(time.Microsecond).String())
 			return nil

@@ -51,6 +51,7 @@ type Store struct {
 	deltas  []Meta // snapshots not yet folded into the base, oldest first
 	readers int    // open streams of the base: no fold meanwhile
 	seq     uint64
+	gen     uint64 // counts changes of base, so that a delta taken before one is refused
 }
 
 // Meta describes a snapshot.
@@ -85,6 +86,12 @@ func OpenStore(dir string, logger *slog.Logger) (*Store, error) {
 		}
 		if name == "CURRENT" || name == s.base {
 			continue
+		}
+		if !strings.HasPrefix(name, "base-") && !strings.HasPrefix(name, "tmp-") && name != "CURRENT.tmp" {
+			// Not ours (an earlier version's snapshots, say): never
+			// remove what this store did not write.
+			return nil, fmt.Errorf("snapshot store %s holds %s, which this version did not write: "+
+				"move the directory away to start this node afresh from the cluster", dir, name)
 		}
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
 			logger.Warn("cannot remove a snapshot file left by an earlier run", "file", name, "err", err)
@@ -194,9 +201,9 @@ func (s *Store) Create(version raft.SnapshotVersion, index, term uint64, configu
 	configurationIndex uint64, _ raft.Transport) (raft.SnapshotSink, error) {
 	s.mu.Lock()
 	s.seq++
-	seq := s.seq
+	seq, gen := s.seq, s.gen
 	s.mu.Unlock()
-	k := &sink{s: s, seq: seq, done: make(chan error, 1)}
+	k := &sink{s: s, seq: seq, gen: gen, done: make(chan error, 1)}
 	k.meta = Meta{Seq: seq, Raft: raft.SnapshotMeta{
 		Version: version, ID: fmt.Sprintf("%d-%d-%d", term, index, seq), Index: index, Term: term,
 		Configuration: configuration, ConfigurationIndex: configurationIndex,
@@ -211,13 +218,17 @@ func (s *Store) Create(version raft.SnapshotVersion, index, term uint64, configu
 	return k, nil
 }
 
-var errCanceled = errors.New("snapshot canceled")
+var (
+	errCanceled = errors.New("snapshot canceled")
+	errStale    = errors.New("stale snapshot")
+)
 
 // sink receives a snapshot stream into tmp-SEQ.pages (a delta) or the
 // directory tmp-SEQ (a full snapshot).
 type sink struct {
 	s    *Store
 	seq  uint64
+	gen  uint64 // of the store when it was created
 	meta Meta
 	pw   *io.PipeWriter
 	done chan error
@@ -381,6 +392,12 @@ func (s *Store) add(k *sink) error {
 		}
 		return nil
 	}
+	// Raft takes snapshots and installs them on different goroutines: a
+	// delta of a state older than the latest snapshot (one installed while
+	// it was written) must not go over it.
+	if latest, ok := s.latest(); k.gen != s.gen || ok && k.meta.Raft.Index <= latest.Raft.Index {
+		return fmt.Errorf("%w: snapshot at index %d is older than the latest, at %d", errStale, k.meta.Raft.Index, latest.Raft.Index)
+	}
 	if s.base == "" {
 		// The first snapshot: a delta over an empty base.
 		base := fmt.Sprintf("base-%d", k.seq)
@@ -423,6 +440,7 @@ func (s *Store) setCurrent(base string) error {
 	}
 	old := s.base
 	s.base, s.deltas = base, nil
+	s.gen++
 	if err := readJSON(filepath.Join(s.dir, base, "meta.json"), &s.meta); err != nil {
 		return err
 	}
@@ -470,7 +488,7 @@ func (s *Store) fold(m Meta) error {
 		if !ok {
 			break
 		}
-		if err := foldDB(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
+		if err := foldDB(filepath.Join(dir, "db-"+h.Name), sr, h, buf, s.has(h.Name)); err != nil {
 			return err
 		}
 		crashpoint.Hit("snapshot-fold")
@@ -489,8 +507,24 @@ func (s *Store) fold(m Meta) error {
 	return os.Remove(name + ".pages")
 }
 
-func foldDB(path string, sr *streamReader, h dbHeader, buf []byte) error {
-	db, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+// has reports whether the base holds pages of database name.
+func (s *Store) has(name string) bool {
+	for _, d := range s.meta.DBs {
+		if d.Name == name && d.Pages > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// foldDB writes a delta's pages of one database into its base file, which
+// must exist if exists (else the base is damaged: never serve zeros).
+func foldDB(path string, sr *streamReader, h dbHeader, buf []byte, exists bool) error {
+	flags := os.O_RDWR
+	if !exists {
+		flags |= os.O_CREATE
+	}
+	db, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
 		return err
 	}
