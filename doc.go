@@ -38,10 +38,11 @@
 // # Data directory
 //
 // A node's directory holds each database (name, name-wal, name-shm), the
-// Raft log and stable store (raft.db, or raft-wal/ with Config.LogStore
-// "wal"), Raft snapshots (snapshots/) and a lock file that keeps a second
-// node off the directory. On
-// start, a node rebuilds its databases from the latest snapshot and the
-// log after it: the Raft log is the durable record, the database files a
-// cache of it.
+// applied log of each (applied/name.rec: which Raft entry its files hold),
+// the Raft log and stable store (raft-wal/, or raft.db with Config.LogStore
+// "bolt"), the snapshot store (snapshots/: a copy of each database as of
+// the latest snapshot) and a lock file that keeps a second node off the
+// directory. On start, a node opens its databases at the Raft index their
+// files hold and applies only the later entries; files it cannot trust
+// (after a machine crash, say) are rebuilt from the snapshot and the log.
 package dqlite

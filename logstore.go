@@ -44,6 +44,12 @@ func openLogStore(cfg Config, hlog hclog.Logger) (logStore, error) {
 	walDir := filepath.Join(cfg.Dir, "raft-wal")
 	_, boltErr := os.Stat(bolt)
 	_, walErr := os.Stat(walDir)
+	if cfg.LogStore == "" {
+		cfg.LogStore = "wal"
+		if boltErr == nil {
+			cfg.LogStore = "bolt"
+		}
+	}
 	switch {
 	case cfg.LogStore == "wal" && boltErr == nil, cfg.LogStore == "bolt" && walErr == nil:
 		return nil, fmt.Errorf("data dir %s holds a Raft log of another kind than LogStore %q", cfg.Dir, cfg.LogStore)
@@ -58,7 +64,11 @@ func openLogStore(cfg Config, hlog hclog.Logger) (logStore, error) {
 		}
 		return gapless{w}, nil
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: bolt, BoltOptions: &bbolt.Options{Timeout: time.Second}})
+	// Without the free list written at every commit (it is rebuilt when
+	// the file opens, which MaxLogBytes keeps small), a commit writes a few
+	// pages instead of a list that grows with the file.
+	store, err := raftboltdb.New(raftboltdb.Options{Path: bolt, BoltOptions: &bbolt.Options{
+		Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}})
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", bolt, err)
 	}

@@ -326,7 +326,7 @@ func copyPages(path string, sr *streamReader, h dbHeader, buf []byte) error {
 		return err
 	}
 	defer f.Close()
-	w := bufio.NewWriterSize(f, 1<<20)
+	w := bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)
 	for i := uint32(0); i < h.count; i++ {
 		if _, err := sr.page(buf); err != nil {
 			return err
@@ -722,4 +722,26 @@ func (r *streamOut) closeFiles() {
 	for _, f := range r.files {
 		f.Close()
 	}
+}
+
+// syncingWriter syncs its file after every 16 MiB written. Writing a large
+// file (a snapshot received, a database created from one) would otherwise
+// leave GiBs dirty in the page cache for one flush at the end, which holds
+// up every other sync on the disk meanwhile: the Raft log's, so the
+// cluster's commits.
+type syncingWriter struct {
+	f       *os.File
+	written int64
+}
+
+const syncEvery = 16 << 20
+
+func (w *syncingWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if err == nil && w.written >= syncEvery {
+		w.written = 0
+		err = w.f.Sync()
+	}
+	return n, err
 }

@@ -36,7 +36,6 @@ func RunCrash(ctx context.Context, o Options, point string) (Result, error) {
 	if !supported {
 		return Result{}, errors.New("torture: not supported on this platform")
 	}
-	o.LogStore = or(o.LogStore, "bolt")
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return Result{}, err
 	}
