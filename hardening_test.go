@@ -89,7 +89,7 @@ func TestNode_RefusesDatabasesWithoutRaftState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, "raft.db")); err != nil {
+	if err := os.RemoveAll(filepath.Join(dir, "raft-wal")); err != nil {
 		t.Fatal(err)
 	}
 	for _, withCluster := range []bool{true, false} {
@@ -252,7 +252,7 @@ func TestNode_InvalidDatabaseNames(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(c.cfgs[0].Dir)
 	for _, e := range entries {
-		if n := e.Name(); n != "raft.db" && n != "lock" && n != "snapshots" && n != "applied" {
+		if n := e.Name(); n != "raft-wal" && n != "lock" && n != "snapshots" && n != "applied" {
 			t.Errorf("unexpected file %s in the data directory", n)
 		}
 	}

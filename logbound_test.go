@@ -14,7 +14,8 @@ import (
 // TrailingLogs entries after it, so the log's file stays near MaxLogBytes.
 func TestCluster_LogBoundedByBytes(t *testing.T) {
 	const maxLog = 4 << 20
-	c := newCluster(t, 3, func(cfg *Config) { cfg.MaxLogBytes = maxLog })
+	// BoltDB, which maps its whole file: the bound matters most there.
+	c := newCluster(t, 3, func(cfg *Config) { cfg.MaxLogBytes, cfg.LogStore = maxLog, "bolt" })
 	l := c.waitLeader()
 	db := c.db(l, "test.db")
 	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)

@@ -89,7 +89,7 @@ func New(cfg Config) (*Node, error) {
 	n.store = store
 	cleanup = append(cleanup, func() { store.Close() })
 
-	snaps, err := fsm.OpenStore(filepath.Join(cfg.Dir, "snapshots"), cfg.Logger)
+	snaps, err := fsm.OpenStore(filepath.Join(cfg.Dir, "snapshots"), cfg.Logger, cfg.SnapshotRate)
 	if err != nil {
 		return fail(fmt.Errorf("snapshot store: %w", err))
 	}

@@ -176,7 +176,7 @@ func TestSnapshot_RestoreOnLiveFollower(t *testing.T) {
 	for range 50 {
 		exec(t, c, d, `INSERT INTO t (v) VALUES (randomblob(1000))`)
 	}
-	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -44,6 +45,7 @@ import (
 type Store struct {
 	dir    string
 	logger *slog.Logger
+	rate   int64 // bytes per second a full stream is served at; <= 0: unlimited
 
 	mu      sync.Mutex
 	base    string // current base directory name, or ""
@@ -65,11 +67,11 @@ var _ raft.SnapshotStore = (*Store)(nil)
 
 // OpenStore opens (creating it if needed) the snapshot store in dir and
 // finishes or removes what a crash left.
-func OpenStore(dir string, logger *slog.Logger) (*Store, error) {
+func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, logger: logger}
+	s := &Store{dir: dir, logger: logger, rate: rate}
 	if b, err := os.ReadFile(filepath.Join(dir, "CURRENT")); err == nil {
 		s.base = strings.TrimSpace(string(b))
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -665,7 +667,9 @@ func (r *streamOut) write(pw io.Writer) error {
 	if err := writeStreamStart(w, kindFull); err != nil {
 		return err
 	}
-	buf := make([]byte, 65536)
+	const chunk = 1 << 20 // read from the base this much at a time
+	buf := make([]byte, chunk)
+	pace := r.s.pacer()
 	for _, d := range r.meta.DBs {
 		if _, err := w.Write(dbHeader{DBMeta: d, count: d.Pages}.encode()); err != nil {
 			return err
@@ -673,22 +677,33 @@ func (r *streamOut) write(pw io.Writer) error {
 		f := r.files[filepath.Join(r.base, "db-"+d.Name)]
 		over := r.overlay[d.Name]
 		ps := int64(d.PageSize)
-		page := buf[:ps]
-		for p := uint32(1); p <= d.Pages; p++ {
+		per := uint32(chunk / ps)
+		for first := uint32(1); first <= d.Pages; first += per {
+			n := min(per, d.Pages-first+1)
+			data := buf[:int64(n)*ps]
+			var got int // bytes of the base read: pages past it must come from a delta
 			var err error
-			if loc, ok := over[p]; ok {
-				_, err = loc.file.ReadAt(page, loc.off)
-			} else if f != nil {
-				_, err = f.ReadAt(page, int64(p-1)*ps)
-			} else {
-				err = io.ErrUnexpectedEOF
+			if f != nil {
+				got, err = f.ReadAt(data, int64(first-1)*ps)
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+			}
+			for i := uint32(0); i < n && err == nil; i++ {
+				page := data[int64(i)*ps : int64(i+1)*ps]
+				if loc, ok := over[first+i]; ok {
+					_, err = loc.file.ReadAt(page, loc.off)
+				} else if int64(got) < int64(i+1)*ps {
+					err = io.ErrUnexpectedEOF
+				}
+				if err == nil {
+					err = writePage(w, first+i, page)
+				}
 			}
 			if err != nil {
-				return fmt.Errorf("snapshot %s: page %d of %s: %w", r.meta.Raft.ID, p, d.Name, err)
+				return fmt.Errorf("snapshot %s: pages %d-%d of %s: %w", r.meta.Raft.ID, first, first+n-1, d.Name, err)
 			}
-			if err := writePage(w, p, page); err != nil {
-				return err
-			}
+			pace(int64(len(data)))
 		}
 	}
 	if err := writeStreamEnd(w); err != nil {
@@ -744,4 +759,21 @@ func (w *syncingWriter) Write(p []byte) (int, error) {
 		err = w.f.Sync()
 	}
 	return n, err
+}
+
+// pacer returns a function that, told the bytes just served, sleeps as
+// long as it takes to keep a stream at the store's rate. An install sends
+// and writes the whole database: unpaced, it would take the disk and the
+// cores from the cluster's commits.
+func (s *Store) pacer() func(n int64) {
+	if s.rate <= 0 {
+		return func(int64) {}
+	}
+	start, sent := time.Now(), int64(0)
+	return func(n int64) {
+		sent += n
+		if ahead := time.Duration(float64(sent)/float64(s.rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+			time.Sleep(ahead)
+		}
+	}
 }

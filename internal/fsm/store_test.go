@@ -25,7 +25,7 @@ func TestSnapshot_ReleaseWithoutPersistKeepsChangedPages(t *testing.T) {
 	for range 50 {
 		exec(t, c, d, `INSERT INTO t (v) VALUES (hex(randomblob(200)))`)
 	}
-	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestStore_DeltaOlderThanInstallRefused(t *testing.T) {
 	for range 50 {
 		exec(t, c, d, `INSERT INTO t (v) VALUES (hex(randomblob(200)))`)
 	}
-	fstore, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	fstore, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestStore_DeltaOlderThanInstallRefused(t *testing.T) {
 		exec(t, c, d, `INSERT INTO t (v) VALUES ('C')`)
 	}
 	idx3 := p.index
-	lstore, _ := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	lstore, _ := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
 	m := persist(t, p.leader, lstore, idx3)
 	// installSnapshot on the follower: receive into its store, then Restore.
 	meta, rc, err := lstore.Open(m.Raft.ID)
@@ -155,7 +155,7 @@ func TestSnapshot_RefusedWhileReplayingAfterRestart(t *testing.T) {
 		exec(t, c, d, `INSERT INTO a (v) VALUES (hex(randomblob(300)))`)
 		exec(t, c, d, `INSERT INTO b (v) VALUES (hex(randomblob(300)))`)
 	}
-	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler))
+	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestStore_RefusesForeignSnapshots(t *testing.T) {
 	if err := os.MkdirAll(old, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenStore(dir, slog.New(slog.DiscardHandler)); err == nil {
+	if _, err := OpenStore(dir, slog.New(slog.DiscardHandler), 0); err == nil {
 		t.Fatal("opened a directory holding snapshots of another format")
 	}
 	if _, err := os.Stat(old); err != nil {
