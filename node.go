@@ -163,6 +163,7 @@ func New(cfg Config) (*Node, error) {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
+	rc.MaxAppendEntries = 8
 	rc.NotifyCh = n.notifyCh
 	rc.Logger = hlog
 	rc.NoSnapshotRestoreOnStart = !restore

@@ -142,6 +142,8 @@ func runScaleNode(args []string) int {
 			}
 		case "add":
 			err = node.AddVoter(ctx, dqlite.NodeID(c.ID), c.Addr)
+		case "remove":
+			err = node.RemoveNode(ctx, dqlite.NodeID(c.ID))
 		case "ready":
 			// Serving reads: the database open and holding at least
 			// c.Rows rows (the restarted node may still be catching up).
@@ -347,7 +349,7 @@ func scaleOnce(ctx context.Context, size int64, d time.Duration, dir, logStore s
 	leader := func() (*scaleAgent, error) {
 		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			for _, a := range agents {
-				if a.cmd == nil || a.cmd.ProcessState != nil {
+				if a.stopped() {
 					continue
 				}
 				if r, err := a.ask(scaleCmd{Cmd: "status"}); err == nil && r.Leader {
@@ -437,9 +439,22 @@ func scaleOnce(ctx context.Context, size int64, d time.Duration, dir, logStore s
 	}
 	logf("restart to serving: follower %v, leader %v", res.RestartFollow.Round(time.Millisecond), res.RestartLeader.Round(time.Millisecond))
 
-	// Add a fourth node; the leader inserts meanwhile.
+	// Replace a follower by a new node (the disk need not hold a fourth
+	// copy); the leader inserts meanwhile.
 	if l, err = leader(); err != nil {
 		return res, err
+	}
+	gone := agents[0]
+	if gone == l {
+		gone = agents[1]
+	}
+	gone.kill()
+	gone.cmd = nil
+	if err := os.RemoveAll(gone.dir); err != nil {
+		return res, err
+	}
+	if _, err := l.ask(scaleCmd{Cmd: "remove", ID: gone.id}); err != nil {
+		return res, fmt.Errorf("remove node %d: %w", gone.id, err)
 	}
 	st, err = l.ask(scaleCmd{Cmd: "status"})
 	if err != nil {
@@ -494,6 +509,10 @@ func scaleOnce(ctx context.Context, size int64, d time.Duration, dir, logStore s
 		a.cmd = nil
 	}
 	return res, nil
+}
+
+// stopped reports whether the agent's process is gone.
+func (a *scaleAgent) stopped() bool { return a.cmd == nil || a.cmd.ProcessState != nil
 }
 
 // snapshotsSince counts the snapshots the nodes logged since t: how many,
@@ -584,7 +603,7 @@ func printScale(w io.Writer, rs []scaleResult, logStore string) {
 	})
 	line("restart to serving, follower", func(r scaleResult) string { return r.RestartFollow.Round(time.Millisecond).String() })
 	line("restart to serving, leader", func(r scaleResult) string { return r.RestartLeader.Round(time.Millisecond).String() })
-	line("add a node, until caught up", func(r scaleResult) string { return r.AddNode.Round(time.Millisecond).String() })
+	line("replace a node, until caught up", func(r scaleResult) string { return r.AddNode.Round(time.Millisecond).String() })
 	line("leader insert/1 tx/s meanwhile", func(r scaleResult) string {
 		if r.InsertDuring == 0 {
 			return "n/a (install under 1s)"
@@ -603,5 +622,5 @@ func printScale(w io.Writer, rs []scaleResult, logStore string) {
 	if store == "" {
 		store = "default"
 	}
-	fmt.Fprintf(w, "\n3 node processes (a 4th added), Raft log %s; restarts after SIGKILL; disk bytes from the block device's counters (all writers on it).\n", store)
+	fmt.Fprintf(w, "\n3 node processes, Raft log %s; restarts after SIGKILL; a follower replaced by a 4th, empty node; disk bytes from the block device's counters (all writers on it).\n", store)
 }
