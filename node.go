@@ -268,6 +268,13 @@ func (n *Node) Leader() (NodeID, string) {
 // to its databases.
 func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
 
+// SnapshotIndex returns the Raft index of the latest snapshot this node
+// holds (taken or received), or 0.
+func (n *Node) SnapshotIndex() uint64 {
+	m, _ := n.snaps.Latest()
+	return m.Raft.Index
+}
+
 // IsLeader reports whether this node is the leader and ready for writes.
 func (n *Node) IsLeader() bool { return n.checkLeader() == nil }
 

@@ -97,7 +97,11 @@ func runScaleNode(args []string) int {
 		if db != nil {
 			return nil
 		}
-		d, err := node.Open(ctx, "bench.db")
+		// Briefly: before the leader creates it, a follower has no
+		// database to open, and status must not wait for one.
+		octx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		d, err := node.Open(octx, "bench.db")
 		if err != nil {
 			return err
 		}
@@ -120,7 +124,7 @@ func runScaleNode(args []string) int {
 			r.Leader = node.IsLeader()
 			r.Applied = node.AppliedIndex()
 			r.RSS, r.PeakRSS = selfRSS()
-			if err = open(); err == nil {
+			if open() == nil {
 				db.QueryRowContext(ctx, `SELECT count(*) FROM bench`).Scan(&r.Rows)
 				for _, s := range []string{"", "-wal"} {
 					if st, err := os.Stat(filepath.Join(*dir, "bench.db"+s)); err == nil {

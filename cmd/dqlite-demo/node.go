@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,7 +102,7 @@ func runNode(args []string, stdout io.Writer) int {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watch(ctx, node, *id, *dir, out)
+		watch(ctx, node, *id, out)
 	}()
 	err = insertLoop(ctx, node, *id, *run, out)
 	stop()
@@ -118,12 +117,8 @@ func runNode(args []string, stdout io.Writer) int {
 }
 
 // watch reports leadership and new snapshots.
-func watch(ctx context.Context, node *dqlite.Node, id int, dir string, out *emitter) {
-	seen := map[string]bool{} // snapshots taken before this run are not news
-	entries, _ := os.ReadDir(filepath.Join(dir, "snapshots"))
-	for _, e := range entries {
-		seen[e.Name()] = true
-	}
+func watch(ctx context.Context, node *dqlite.Node, id int, out *emitter) {
+	last := node.SnapshotIndex() // snapshots taken before this run are not news
 	leader := false
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -139,12 +134,9 @@ func watch(ctx context.Context, node *dqlite.Node, id int, dir string, out *emit
 				out.emit(event{Type: "leader", Node: id})
 			}
 		}
-		entries, _ := os.ReadDir(filepath.Join(dir, "snapshots"))
-		for _, e := range entries {
-			if !seen[e.Name()] && !strings.HasSuffix(e.Name(), ".tmp") {
-				seen[e.Name()] = true
-				out.emit(event{Type: "snapshot", Node: id, Text: e.Name()})
-			}
+		if i := node.SnapshotIndex(); i != last {
+			last = i
+			out.emit(event{Type: "snapshot", Node: id, Text: fmt.Sprintf("index %d", i)})
 		}
 	}
 }
