@@ -516,7 +516,8 @@ func scaleOnce(ctx context.Context, size int64, d time.Duration, dir, logStore s
 }
 
 // stopped reports whether the agent's process is gone.
-func (a *scaleAgent) stopped() bool { return a.cmd == nil || a.cmd.ProcessState != nil
+func (a *scaleAgent) stopped() bool {
+	return a.cmd == nil || a.cmd.ProcessState != nil
 }
 
 // snapshotsSince counts the snapshots the nodes logged since t: how many,
