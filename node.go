@@ -271,8 +271,7 @@ func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
 // SnapshotIndex returns the Raft index of the latest snapshot this node
 // holds (taken or received), or 0.
 func (n *Node) SnapshotIndex() uint64 {
-	m, _ := n.snaps.Latest()
-	return m.Raft.Index
+	return n.snaps.LatestIndex()
 }
 
 // IsLeader reports whether this node is the leader and ready for writes.
@@ -567,8 +566,19 @@ func (n *Node) watchLeadership() {
 // at most the other half.
 func (n *Node) boundLog() {
 	half := n.cfg.MaxLogBytes / 2
-	latest, _ := n.snaps.Latest()
-	if n.fsm.LogBytesSince(latest.Raft.Index) >= half && !n.fsm.CatchingUp() && n.snapping.CompareAndSwap(false, true) {
+	rc := n.raft.ReloadableConfig()
+	if n.snaps.Streaming() {
+		// A node is receiving a snapshot: keep the log it will need
+		// after it, or it would need another one when done.
+		if rc.TrailingLogs != n.cfg.TrailingLogs {
+			rc.TrailingLogs = n.cfg.TrailingLogs
+			if err := n.raft.ReloadConfig(rc); err != nil {
+				n.cfg.Logger.Warn("cannot bound the Raft log", "err", err)
+			}
+		}
+		return
+	}
+	if n.fsm.LogBytesSince(n.snaps.LatestIndex()) >= half && !n.fsm.CatchingUp() && n.snapping.CompareAndSwap(false, true) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
@@ -576,7 +586,6 @@ func (n *Node) boundLog() {
 			n.await(n.raft.Snapshot())
 		}()
 	}
-	rc := n.raft.ReloadableConfig()
 	if keep := n.fsm.EntriesWithin(half, n.cfg.TrailingLogs); keep != rc.TrailingLogs {
 		rc.TrailingLogs = keep
 		if err := n.raft.ReloadConfig(rc); err != nil {

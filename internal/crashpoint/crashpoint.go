@@ -36,10 +36,10 @@ var Points = []string{
 	"snapshot-folded",  // the copy describes the new state; the delta not yet removed
 	// A snapshot is installed from the leader: received into a new copy,
 	// made current, then written to the databases.
-	"install-receive",  // part of the snapshot is received
+	"install-receive",  // a database of the snapshot is received, not the rest
 	"install-base",     // received whole, not yet the current snapshot
 	"install-current",  // the current snapshot, the databases not yet written
-	"install-restore",  // part of the differing pages are in a database's WAL
+	"install-restore",  // a batch of differing pages is in a database's WAL, not yet recorded
 	"install-create",   // a new database's file is written, not yet opened or recorded
 	"install-restored", // every database holds the snapshot
 }
@@ -87,7 +87,9 @@ func Hit(name string, detail ...any) {
 // During kills the process once the file at path changes (its size or
 // modification time), if point name is armed and this is its hit: for a
 // step that runs inside SQLite, such as a checkpoint's copy of pages. Call
-// the returned function when the step is over.
+// the returned function when the step is over: if the file changed before
+// the watcher saw it, it kills the process then; if it did not change
+// (the step did nothing), the point stays armed for the next one.
 func During(name, path string) (done func()) {
 	a := armed.Load()
 	if a == nil || a.name != name || a.left.Add(-1) != 0 {
@@ -114,8 +116,12 @@ func During(name, path string) (done func()) {
 	return func() {
 		close(stop)
 		<-finished
-		// The step ended before the watcher saw it start: crash now,
-		// just after it, rather than not at all.
+		if st, err := os.Stat(path); err == nil && before != nil && st.Size() == before.Size() && st.ModTime().Equal(before.ModTime()) {
+			a.left.Store(1) // nothing copied: wait for the next one
+			return
+		}
+		// The step ended before the watcher saw it: crash now, just
+		// after it, rather than not at all.
 		crash(name + " (after)")
 	}
 }

@@ -99,9 +99,14 @@ type appliedLog struct {
 
 // writeAppliedLog replaces the applied log at path by recs, atomically
 // (a new file renamed over the old), and opens it for appending.
-func writeAppliedLog(path string, recs []record) (*appliedLog, error) {
+//
+// old, if not nil, is the open log at path: it is closed before the rename
+// (Windows renames no file that is open) and, if the rename fails, opened
+// again and returned with the error. An error with a nil log means the
+// database must not be written any more: its log is unknown.
+func writeAppliedLog(path string, recs []record, old *appliedLog) (*appliedLog, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
+		return old, err
 	}
 	var b []byte
 	for _, r := range recs {
@@ -109,19 +114,30 @@ func writeAppliedLog(path string, recs []record) (*appliedLog, error) {
 	}
 	tmp := path + ".tmp"
 	if err := writeFileSync(tmp, b); err != nil {
-		return nil, err
+		return old, err
+	}
+	size := int64(len(b))
+	if old != nil {
+		old.close()
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return nil, err
+		if old == nil {
+			return nil, err
+		}
+		f, oerr := os.OpenFile(path, os.O_RDWR, 0o644)
+		if oerr != nil {
+			return nil, errors.Join(err, oerr)
+		}
+		return &appliedLog{f: f, size: old.size}, err
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return nil, err
-	}
+	// A machine crash may undo the rename if this fails: the start after
+	// one does not trust the files anyway.
+	syncDir(filepath.Dir(path))
 	f, err := os.OpenFile(path, os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	return &appliedLog{f: f, size: int64(len(b))}, nil
+	return &appliedLog{f: f, size: size}, nil
 }
 
 func (l *appliedLog) append(r record) error {

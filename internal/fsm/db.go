@@ -85,9 +85,10 @@ type DB struct {
 
 	// applied is the Raft index of the last Frames entry these files hold;
 	// rec is the applied log that makes it durable (see applied.go).
-	applied atomic.Uint64
-	recMu   sync.Mutex
-	rec     *appliedLog
+	applied   atomic.Uint64
+	recMu     sync.Mutex
+	rec       *appliedLog
+	compactAt int64 // size at which to try compacting again after a failure
 
 	// dirty holds the pages changed since the latest snapshot: the next
 	// one stores only those (see Snapshot).
@@ -133,7 +134,7 @@ func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *
 		recs = append(recs, *last)
 		d.applied.Store(last.index)
 	}
-	if d.rec, err = writeAppliedLog(appliedPath(dir, name), recs); err != nil {
+	if d.rec, err = writeAppliedLog(appliedPath(dir, name), recs, nil); err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	d.apply, err = sqlite3.Open(d.URI(0))
@@ -295,7 +296,7 @@ func (d *DB) record(frame uint32, salt [2]uint32, index uint64) error {
 	for attempt := 0; ; attempt++ {
 		err := d.rec.append(r)
 		if err == nil || !d.retryDisk(err, attempt, "applied log") {
-			if err == nil && d.rec.size >= maxAppliedLog {
+			if err == nil && d.rec.size >= max(maxAppliedLog, d.compactAt) {
 				d.compact(r)
 			}
 			return err
@@ -311,13 +312,18 @@ const maxAppliedLog = 64 << 10
 // transactions that came before it in the WAL or were checkpointed. A
 // failure leaves the long log in place. recMu is held.
 func (d *DB) compact(last record) {
-	l, err := writeAppliedLog(d.rec.f.Name(), []record{{kind: recHeader, pageSize: d.pageSize}, last})
-	if err != nil {
-		d.opts.Logger.Warn("cannot rewrite the applied log", "database", d.Name, "err", err)
+	l, err := writeAppliedLog(d.rec.f.Name(), []record{{kind: recHeader, pageSize: d.pageSize}, last}, d.rec)
+	if l == nil {
+		// Neither log is open: a later record could go nowhere.
+		d.rec = &appliedLog{f: d.rec.f} // closed: appends fail
+		d.fail(fmt.Errorf("applied log: %w", err))
 		return
 	}
-	d.rec.close()
 	d.rec = l
+	if err != nil {
+		d.compactAt = l.size + maxAppliedLog // not at every record
+		d.opts.Logger.Warn("cannot rewrite the applied log; keeping the long one", "database", d.Name, "err", err)
+	}
 }
 
 // DiskError implements vfs.Committer: the node should stop leading.

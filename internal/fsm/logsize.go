@@ -46,14 +46,14 @@ func (f *FSM) EntriesWithin(max int64, limit uint64) uint64 {
 	var sum int64
 	var n uint64
 	for i := len(s.index) - 1; i >= 0 && n < limit; i-- {
-		sum += s.size[i]
-		if sum > max && n > 0 {
+		if n > 0 && sum+s.size[i] > max {
 			return n
 		}
+		sum += s.size[i]
 		n++
 	}
-	if n < uint64(len(s.index)) || len(s.index) == maxTracked {
-		return n
+	if sum > max {
+		return 1 // one entry larger than the bound: keep it alone
 	}
 	return limit // every entry remembered fits: no bound from bytes
 }

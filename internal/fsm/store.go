@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -54,6 +55,9 @@ type Store struct {
 	readers int    // open streams of the base: no fold meanwhile
 	seq     uint64
 	gen     uint64 // counts changes of base, so that a delta taken before one is refused
+
+	latestIndex atomic.Uint64 // Raft index of the latest snapshot, read without mu
+	streams     atomic.Int32  // open streams (readers), read without mu
 }
 
 // Meta describes a snapshot.
@@ -92,8 +96,9 @@ func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 		if !strings.HasPrefix(name, "base-") && !strings.HasPrefix(name, "tmp-") && name != "CURRENT.tmp" {
 			// Not ours (an earlier version's snapshots, say): never
 			// remove what this store did not write.
-			return nil, fmt.Errorf("snapshot store %s holds %s, which this version did not write: "+
-				"move the directory away to start this node afresh from the cluster", dir, name)
+			return nil, fmt.Errorf("snapshot store %s holds %s, which this version did not write (an earlier "+
+				"version's snapshots?): move the whole data directory away and start this node with an empty "+
+				"one, to receive the cluster's copy", dir, name)
 		}
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
 			logger.Warn("cannot remove a snapshot file left by an earlier run", "file", name, "err", err)
@@ -134,6 +139,7 @@ func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 	if err := s.foldAll(); err != nil {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
+	s.noteLatest()
 	return s, nil
 }
 
@@ -170,6 +176,19 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return syncDir(filepath.Dir(path))
+}
+
+// LatestIndex returns the Raft index of the latest snapshot, or 0, at
+// once (never waiting for a fold).
+func (s *Store) LatestIndex() uint64 { return s.latestIndex.Load() }
+
+// Streaming reports whether a whole snapshot is being served.
+func (s *Store) Streaming() bool { return s.streams.Load() > 0 }
+
+// noteLatest updates LatestIndex. s.mu is held.
+func (s *Store) noteLatest() {
+	m, _ := s.latest()
+	s.latestIndex.Store(m.Raft.Index)
 }
 
 // Latest returns the latest snapshot's Meta.
@@ -422,6 +441,7 @@ func (s *Store) add(k *sink) error {
 		return err
 	}
 	s.deltas = append(s.deltas, k.meta)
+	s.noteLatest()
 	if s.readers == 0 {
 		return s.foldAll()
 	}
@@ -446,6 +466,7 @@ func (s *Store) setCurrent(base string) error {
 	if err := readJSON(filepath.Join(s.dir, base, "meta.json"), &s.meta); err != nil {
 		return err
 	}
+	s.noteLatest()
 	if old != "" {
 		// A stream still open on it keeps its files (on Windows, removal
 		// fails and the next start removes them).
@@ -567,6 +588,7 @@ func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 		return nil, nil, err
 	}
 	s.readers++
+	s.streams.Add(1)
 	rm := m.Raft
 	rm.Size = int64(fullSize(m.DBs))
 	pr, pw := io.Pipe()
@@ -694,7 +716,14 @@ func (r *streamOut) write(pw io.Writer) error {
 				if loc, ok := over[first+i]; ok {
 					_, err = loc.file.ReadAt(page, loc.off)
 				} else if int64(got) < int64(i+1)*ps {
-					err = io.ErrUnexpectedEOF
+					if first+i == lockPage(ps) {
+						// SQLite never writes the page of its lock bytes:
+						// past the end of a base not yet folded to this
+						// size, it is zeros, as in the database's file.
+						clear(page)
+					} else {
+						err = io.ErrUnexpectedEOF
+					}
 				}
 				if err == nil {
 					err = writePage(w, first+i, page)
@@ -724,6 +753,7 @@ func (r *streamOut) Close() error {
 		r.s.mu.Lock()
 		defer r.s.mu.Unlock()
 		r.s.readers--
+		r.s.streams.Add(-1)
 		if r.s.readers == 0 {
 			if err := r.s.foldAll(); err != nil {
 				r.s.logger.Error("cannot fold a snapshot into the base", "err", err)
@@ -777,3 +807,6 @@ func (s *Store) pacer() func(n int64) {
 		}
 	}
 }
+
+// lockPage is the page that holds SQLite's lock bytes, at 1 GiB.
+func lockPage(pageSize int64) uint32 { return uint32((1<<30)/pageSize) + 1 }

@@ -220,8 +220,11 @@ func removeDatabases(dir string) error {
 // points of a transaction's record, at the index just before the
 // transaction (its record not written) or at the transaction's (written).
 func checkRestart(log, point string) (problems []string) {
-	_, after, _ := strings.Cut(log, "crashpoint hit: ")
-	hit, after, _ := strings.Cut(after, "\n")
+	_, after, found := strings.Cut(log, "crashpoint hit: "+point)
+	if !found {
+		return []string{"the victim died without reaching crash point " + point}
+	}
+	hit, after, _ := strings.Cut(point+after, "\n")
 	if i := strings.Index(after, "rebuilding the databases"); i >= 0 && !strings.HasPrefix(point, "install-") {
 		line, _, _ := strings.Cut(after[i:], "\n")
 		return []string{"the victim rebuilt its databases after the crash: " + line}
