@@ -133,7 +133,7 @@ func TestNode_RemoveLastVoter(t *testing.T) {
 }
 
 func TestCluster_FollowerCatchesUpFromLog(t *testing.T) {
-	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 1<<20, 1<<20 })
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs, cfg.MaxLogBytes = 1<<20, 1<<20, 1<<40 })
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)
 	f := (l + 1) % 3
