@@ -264,8 +264,8 @@ func (n *Node) Leader() (NodeID, string) {
 	return NodeID(v), string(addr)
 }
 
-// AppliedIndex returns the Raft index of the last entry this node applied
-// to its databases.
+// AppliedIndex returns the Raft index of the last entry this node handed to
+// its databases (the last one may still be being applied).
 func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
 
 // SnapshotIndex returns the Raft index of the latest snapshot this node

@@ -41,8 +41,11 @@ func restartScenario(t *testing.T, c *cluster, prepare func(dir string)) (f int,
 		prepare(c.cfgs[f].Dir)
 	}
 	c.restart(f)
-	waitFor(t, 10*time.Second, "the restarted follower to catch up", func() bool {
-		return c.nodes[f].raft.AppliedIndex() >= c.nodes[l].raft.AppliedIndex()
+	// Raft's applied index counts entries handed to the FSM, not those it
+	// finished: wait for the FSM itself.
+	waitFor(t, 30*time.Second, "the restarted follower to apply the 70 transactions after the snapshot", func() bool {
+		st := c.nodes[f].fsm.Stats()
+		return st.Skipped+st.Appended >= 70
 	})
 	return f, st
 }
