@@ -12,6 +12,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/command"
+	"github.com/godqlite/dqlite/wal"
 )
 
 // Raft's takeSnapshot calls FSMSnapshot.Release without Persist when the
@@ -215,4 +216,66 @@ func TestStore_RefusesForeignSnapshots(t *testing.T) {
 	if _, err := os.Stat(old); err != nil {
 		t.Fatalf("the foreign snapshot is gone: %v", err)
 	}
+}
+
+// A snapshot stores the pages changed since the previous one, not the
+// database: after one row changes in a database of hundreds of pages, the
+// next snapshot holds a few pages, and the store still serves the whole
+// database as of that snapshot.
+func TestSnapshot_StoresOnlyChangedPages(t *testing.T) {
+	p := newPair(t)
+	d, c := p.open(t, "test.db", 4096)
+	exec(t, c, d, `CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)`)
+	for range 20 {
+		exec(t, c, d, `INSERT INTO t (v) SELECT randomblob(1000) FROM generate_series(1, 50)`)
+	}
+	store, err := OpenStore(t.TempDir(), slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	take := func() int64 {
+		snap, err := p.follower.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer snap.Release()
+		sink, err := store.Create(1, p.index, 1, raft.Configuration{}, 1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := snap.Persist(sink); err != nil {
+			t.Fatal(err)
+		}
+		return snap.(*snapshot).pages
+	}
+	first := take()
+	exec(t, c, d, `UPDATE t SET v = x'01' WHERE id = 500`)
+	second := take()
+	total := dbPages(p.follower.Database("test.db"))
+	t.Logf("database of %d pages: first snapshot stored %d pages, the next after one update %d", total, first, second)
+	if first < int64(total) || second > 4 {
+		t.Fatalf("snapshots stored %d then %d pages of a %d-page database; want all, then at most 4", first, second, total)
+	}
+	fresh, err := New(t.TempDir(), Options{NodeID: 3, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	restoreLatest(t, store, fresh)
+	if got, want := dump(t, fresh, "test.db"), dump(t, p.leader, "test.db"); got != want {
+		t.Fatal("the store's database differs from the leader's")
+	}
+}
+
+// dbPages returns a database's size in pages, as readers see it.
+func dbPages(d *DB) uint32 {
+	h, err := wal.NewIndex(d.shm).Header()
+	if err == nil && h.DBSize > 0 {
+		return h.DBSize
+	}
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return 0
+	}
+	return uint32(st.Size() / int64(d.pageSize))
 }
