@@ -116,12 +116,7 @@ func runNode(args []string) int {
 		fmt.Fprintf(os.Stderr, "node %d: %v\n", *id, err)
 		return 1
 	}
-	var peers []dqlite.Peer
-	for _, p := range strings.Split(*peerList, ",") {
-		pid, addr, _ := strings.Cut(p, "=")
-		n, _ := strconv.Atoi(pid)
-		peers = append(peers, dqlite.Peer{ID: dqlite.NodeID(n), Address: addr})
-	}
+	peers := parsePeers(*peerList)
 	l, err := net.FileListener(os.NewFile(3, "raft-listener"))
 	if err != nil {
 		return fail(err)
@@ -146,4 +141,18 @@ func runNode(args []string) int {
 		return fail(err)
 	}
 	return 0
+}
+
+// parsePeers reads a -peers list, id=address,...; empty means none.
+func parsePeers(list string) []dqlite.Peer {
+	var peers []dqlite.Peer
+	if list == "" {
+		return nil
+	}
+	for _, p := range strings.Split(list, ",") {
+		pid, addr, _ := strings.Cut(p, "=")
+		n, _ := strconv.Atoi(pid)
+		peers = append(peers, dqlite.Peer{ID: dqlite.NodeID(n), Address: addr})
+	}
+	return peers
 }

@@ -72,14 +72,7 @@ func runScaleNode(args []string) int {
 		fmt.Fprintf(os.Stderr, "scale node %d: %v\n", *id, err)
 		return 1
 	}
-	var peers []dqlite.Peer
-	if *peerList != "" {
-		for _, p := range strings.Split(*peerList, ",") {
-			pid, addr, _ := strings.Cut(p, "=")
-			n, _ := strconv.Atoi(pid)
-			peers = append(peers, dqlite.Peer{ID: dqlite.NodeID(n), Address: addr})
-		}
-	}
+	peers := parsePeers(*peerList)
 	l, err := net.FileListener(os.NewFile(3, "raft-listener"))
 	if err != nil {
 		return fail(err)

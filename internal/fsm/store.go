@@ -286,14 +286,7 @@ func (k *sink) receiveDelta(sr *streamReader) error {
 		return err
 	}
 	buf := make([]byte, 65536)
-	for {
-		h, ok, err := sr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
+	err = sr.eachDB(func(h dbHeader) error {
 		k.meta.DBs = append(k.meta.DBs, h.DBMeta)
 		if _, err := w.Write(h.encode()); err != nil {
 			return err
@@ -307,6 +300,10 @@ func (k *sink) receiveDelta(sr *streamReader) error {
 				return err
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if err := writeStreamEnd(w); err != nil {
 		return err
@@ -323,21 +320,14 @@ func (k *sink) receiveFull(sr *streamReader) error {
 		return err
 	}
 	buf := make([]byte, 65536)
-	for {
-		h, ok, err := sr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
+	return sr.eachDB(func(h dbHeader) error {
 		k.meta.DBs = append(k.meta.DBs, h.DBMeta)
 		if err := copyPages(filepath.Join(dir, "db-"+h.Name), sr, h, buf); err != nil {
 			return err
 		}
 		crashpoint.Hit("install-receive")
-	}
-	return nil
+		return nil
+	})
 }
 
 // copyPages writes the pages of a full stream's database to a new file.
@@ -503,18 +493,15 @@ func (s *Store) fold(m Meta) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	buf := make([]byte, 65536)
-	for {
-		h, ok, err := sr.next()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		if !ok {
-			break
-		}
+	err = sr.eachDB(func(h dbHeader) error {
 		if err := foldDB(filepath.Join(dir, "db-"+h.Name), sr, h, buf, s.has(h.Name)); err != nil {
 			return err
 		}
 		crashpoint.Hit("snapshot-fold")
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if err := syncDir(dir); err != nil {
 		return err

@@ -139,6 +139,20 @@ func (s *streamReader) next() (h dbHeader, ok bool, err error) {
 	return h, true, nil
 }
 
+// eachDB calls fn with the header of every database of the stream, in
+// order; fn reads that database's pages.
+func (s *streamReader) eachDB(fn func(h dbHeader) error) error {
+	for {
+		h, ok, err := s.next()
+		if err != nil || !ok {
+			return err
+		}
+		if err := fn(h); err != nil {
+			return err
+		}
+	}
+}
+
 // page reads the next page of the current database into buf.
 func (s *streamReader) page(buf []byte) (uint32, error) {
 	if s.left == 0 {

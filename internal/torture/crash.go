@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -44,22 +43,11 @@ func RunCrash(ctx context.Context, o Options, point string) (Result, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return Result{}, err
 	}
-	logFile, err := os.Create(filepath.Join(o.Dir, "run.log"))
+	logf, closeLog, err := runLog(o.Dir, o.Log)
 	if err != nil {
 		return Result{}, err
 	}
-	defer logFile.Close()
-	start := time.Now()
-	var logMu sync.Mutex
-	logf := func(format string, a ...any) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		line := fmt.Sprintf("%7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-		logFile.WriteString(line)
-		if o.Log != nil {
-			io.WriteString(o.Log, line)
-		}
-	}
+	defer closeLog()
 	logf("crash test: point=%s logstore=%s dir=%s", point, o.LogStore, o.Dir)
 	c, err := newCluster(o.Exe, o.Dir, 3, o.LogStore, logf)
 	if err != nil {

@@ -105,22 +105,12 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(o.Dir, "run.log"))
+	logf, closeLog, err := runLog(o.Dir, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	defer logFile.Close()
+	defer closeLog()
 	start := time.Now()
-	var logMu sync.Mutex
-	logf := func(format string, a ...any) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		line := fmt.Sprintf("%7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-		logFile.WriteString(line)
-		if o.Log != nil {
-			io.WriteString(o.Log, line)
-		}
-	}
 	logf("torture: seed=%d nodes=%d duration=%v nemeses=%v workloads=%v logstore=%s local-reads=%v dir=%s",
 		o.Seed, o.Nodes, o.Duration, o.Nemeses, o.Workloads, o.LogStore, o.LocalReads, o.Dir)
 
@@ -356,4 +346,25 @@ func converge(ctx context.Context, c *cluster, nem *nemesis, logf func(string, .
 	problems = append(problems, c.crashes...)
 	c.mu.Unlock()
 	return finals, problems
+}
+
+// runLog opens a run's log, run.log in dir: logf writes a line there, and
+// to w if not nil, with the seconds since the run started.
+func runLog(dir string, w io.Writer) (logf func(format string, a ...any), closeLog func() error, err error) {
+	f, err := os.Create(filepath.Join(dir, "run.log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	start := time.Now()
+	var mu sync.Mutex
+	logf = func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		line := fmt.Sprintf("%7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
+		f.WriteString(line)
+		if w != nil {
+			io.WriteString(w, line)
+		}
+	}
+	return logf, f.Close, nil
 }
