@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -168,4 +169,42 @@ func BenchmarkPointRead(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
+}
+
+// BenchmarkFollowerLag measures, on an idle 3-node cluster, how long after
+// Commit returns on the leader a follower's *sql.DB shows the row: the
+// median and the 99th percentile, over b.N commits one at a time.
+//
+//	go test -run '^$' -bench BenchmarkFollowerLag -benchtime 200x .
+func BenchmarkFollowerLag(b *testing.B) {
+	c := newCluster(b, 3)
+	l := c.waitLeader()
+	db := c.db(l, "lag.db")
+	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY)`); err != nil {
+		b.Fatal(err)
+	}
+	f := c.db((l+1)%3, "lag.db")
+	var lags []time.Duration
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		time.Sleep(20 * time.Millisecond) // idle between commits
+		if _, err := db.Exec(`INSERT INTO t VALUES (?)`, i); err != nil {
+			b.Fatal(err)
+		}
+		committed := time.Now()
+		for {
+			var n int
+			if err := f.QueryRow(`SELECT count(*) FROM t WHERE id = ?`, i).Scan(&n); err == nil && n == 1 {
+				break
+			}
+			if time.Since(committed) > 10*time.Second {
+				b.Fatalf("the follower did not show row %d within 10s", i)
+			}
+		}
+		lags = append(lags, time.Since(committed))
+	}
+	b.StopTimer()
+	slices.Sort(lags)
+	b.ReportMetric(float64(lags[len(lags)/2].Microseconds())/1000, "ms-median")
+	b.ReportMetric(float64(lags[len(lags)*99/100].Microseconds())/1000, "ms-p99")
 }

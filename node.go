@@ -164,6 +164,11 @@ func New(cfg Config) (*Node, error) {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.MaxAppendEntries = 8
+	// A follower learns that an entry committed from the leader's next
+	// append, which an idle leader sends every CommitTimeout: 2 ms instead
+	// of 50 shows a commit on a follower within 5 ms (median) instead of
+	// 78, for about 1% of a core per idle node (DESIGN.md, "Raft log").
+	rc.CommitTimeout = 2 * time.Millisecond
 	rc.NotifyCh = n.notifyCh
 	rc.Logger = hlog
 	rc.NoSnapshotRestoreOnStart = !restore
