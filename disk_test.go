@@ -189,6 +189,7 @@ func TestNode_CloseWithBarrierPending(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		raw.BusyTimeout(5 * time.Second) // the follower may be applying the CREATE TABLE
 		if err := raw.Exec(`BEGIN IMMEDIATE`); err != nil {
 			t.Fatal(err)
 		}
