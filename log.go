@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -64,7 +65,8 @@ func (h *hclogger) With(args ...any) hclog.Logger {
 // network connection that this process closed.
 func closedConn(args []any) bool {
 	for _, a := range args {
-		if err, ok := a.(error); ok && errors.Is(err, net.ErrClosed) {
+		// The transport's msgpack decoder wraps the error as text.
+		if err, ok := a.(error); ok && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), net.ErrClosed.Error())) {
 			return true
 		}
 	}
