@@ -406,7 +406,9 @@ func (s *Store) add(k *sink) error {
 	// Raft takes snapshots and installs them on different goroutines: a
 	// delta of a state older than the latest snapshot (one installed while
 	// it was written) must not go over it.
-	if latest, ok := s.latest(); k.gen != s.gen || ok && k.meta.Raft.Index <= latest.Raft.Index {
+	// (Two snapshots at the same index, one asked for by the node and one
+	// by Raft, are both fine: the second changes nothing.)
+	if latest, ok := s.latest(); k.gen != s.gen || ok && k.meta.Raft.Index < latest.Raft.Index {
 		return fmt.Errorf("%w: snapshot at index %d is older than the latest, at %d", errStale, k.meta.Raft.Index, latest.Raft.Index)
 	}
 	if s.base == "" {
