@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -104,27 +105,14 @@ func (p *thisProject) Stop() error {
 
 // runNode is an agent: a node that answers the benchmark's commands.
 func runNode(args []string) int {
-	fs := flag.NewFlagSet("node", flag.ContinueOnError)
-	id := fs.Int("id", 0, "node ID")
-	dir := fs.String("dir", "", "data directory")
-	peerList := fs.String("peers", "", "id=address,...")
-	logStore := fs.String("logstore", "bolt", "Raft log store")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(os.Stderr, "node %d: %v\n", *id, err)
+	node, _, err := startNode("node", args, "bolt", nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	peers := parsePeers(*peerList)
-	l, err := net.FileListener(os.NewFile(3, "raft-listener"))
-	if err != nil {
-		return fail(err)
-	}
-	node, err := dqlite.New(dqlite.Config{ID: dqlite.NodeID(*id), Address: l.Addr().String(), Listener: l,
-		Dir: *dir, Cluster: peers, LogStore: *logStore})
-	if err != nil {
-		return fail(err)
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "node %d: %v\n", node.ID(), err)
+		return 1
 	}
 	defer node.Close()
 	err = workload.Serve(os.Stdin, os.Stdout, node.IsLeader, func(ctx context.Context) (workload.Ops, func(context.Context) (int64, error), error) {
@@ -155,4 +143,27 @@ func parsePeers(list string) []dqlite.Peer {
 		peers = append(peers, dqlite.Peer{ID: dqlite.NodeID(n), Address: addr})
 	}
 	return peers
+}
+
+// startNode starts this process's node of a benchmark cluster from its
+// command line (-id, -dir, -peers, -logstore, the Raft listener on fd 3).
+func startNode(name string, args []string, defaultStore string, logger *slog.Logger) (*dqlite.Node, string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	id := fs.Int("id", 0, "node ID")
+	dir := fs.String("dir", "", "data directory")
+	peerList := fs.String("peers", "", "id=address,... to bootstrap with (empty: join)")
+	logStore := fs.String("logstore", defaultStore, "Raft log store")
+	if err := fs.Parse(args); err != nil {
+		return nil, "", err
+	}
+	l, err := net.FileListener(os.NewFile(3, "raft-listener"))
+	if err != nil {
+		return nil, *dir, fmt.Errorf("node %d: %w", *id, err)
+	}
+	node, err := dqlite.New(dqlite.Config{ID: dqlite.NodeID(*id), Address: l.Addr().String(), Listener: l,
+		Dir: *dir, Cluster: parsePeers(*peerList), LogStore: *logStore, Logger: logger})
+	if err != nil {
+		return nil, *dir, fmt.Errorf("node %d: %w", *id, err)
+	}
+	return node, *dir, nil
 }

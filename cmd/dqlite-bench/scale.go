@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -60,28 +59,15 @@ type scaleReply struct {
 
 // runScaleNode is a node of the scale workload's cluster.
 func runScaleNode(args []string) int {
-	fs := flag.NewFlagSet("scale-node", flag.ContinueOnError)
-	id := fs.Int("id", 0, "node ID")
-	dir := fs.String("dir", "", "data directory")
-	peerList := fs.String("peers", "", "id=address,... to bootstrap with (empty: join)")
-	logStore := fs.String("logstore", "", "Raft log store (default: the library's)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(os.Stderr, "scale node %d: %v\n", *id, err)
+	node, dir, err := startNode("scale-node", args, "",
+		slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	peers := parsePeers(*peerList)
-	l, err := net.FileListener(os.NewFile(3, "raft-listener"))
-	if err != nil {
-		return fail(err)
-	}
-	node, err := dqlite.New(dqlite.Config{ID: dqlite.NodeID(*id), Address: l.Addr().String(), Listener: l,
-		Dir: *dir, Cluster: peers, LogStore: *logStore,
-		Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
-	if err != nil {
-		return fail(err)
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "scale node %d: %v\n", node.ID(), err)
+		return 1
 	}
 	defer node.Close()
 	ctx := context.Background()
@@ -120,7 +106,7 @@ func runScaleNode(args []string) int {
 			if open() == nil {
 				db.QueryRowContext(ctx, `SELECT count(*) FROM bench`).Scan(&r.Rows)
 				for _, s := range []string{"", "-wal"} {
-					if st, err := os.Stat(filepath.Join(*dir, "bench.db"+s)); err == nil {
+					if st, err := os.Stat(filepath.Join(dir, "bench.db"+s)); err == nil {
 						r.DBBytes += st.Size()
 					}
 				}
