@@ -81,15 +81,11 @@ func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	entries, err := os.ReadDir(dir)
+	names, err := s.list(dir)
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range entries {
-		name := e.Name()
-		if n, ok := seqOf(name); ok {
-			s.seq = max(s.seq, n)
-		}
+	for _, name := range names {
 		if name == "CURRENT" || name == s.base {
 			continue
 		}
@@ -110,15 +106,10 @@ func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 	if err := readJSON(filepath.Join(dir, s.base, "meta.json"), &s.meta); err != nil {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
-	entries, err = os.ReadDir(filepath.Join(dir, s.base))
-	if err != nil {
+	if names, err = s.list(filepath.Join(dir, s.base)); err != nil {
 		return nil, err
 	}
-	for _, e := range entries {
-		name := e.Name()
-		if n, ok := seqOf(name); ok {
-			s.seq = max(s.seq, n)
-		}
+	for _, name := range names {
 		path := filepath.Join(dir, s.base, name)
 		switch {
 		case strings.HasSuffix(name, ".json") && strings.HasPrefix(name, "delta-"):
@@ -141,6 +132,23 @@ func OpenStore(dir string, logger *slog.Logger, rate int64) (*Store, error) {
 	}
 	s.noteLatest()
 	return s, nil
+}
+
+// list returns the names in dir, and keeps the store's sequence above
+// every number they carry.
+func (s *Store) list(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if n, ok := seqOf(e.Name()); ok {
+			s.seq = max(s.seq, n)
+		}
+		names = append(names, e.Name())
+	}
+	return names, nil
 }
 
 // seqOf reads the sequence number in a name like base-7, tmp-7.pages or
