@@ -37,7 +37,7 @@ func TestCluster_FollowerRejectsWriteTransactions(t *testing.T) {
 	c := newCluster(t, 3)
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
-	f := c.db((l+1)%3, "test.db")
+	f := c.dbNoFwd((l+1)%3, "test.db") // forwarding off: a write fails
 	waitFor(t, 10*time.Second, "the table on the follower", func() bool {
 		_, err := f.Exec(`SELECT * FROM t`)
 		return err == nil

@@ -12,8 +12,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/godqlite/dqlite/internal/wire"
 )
 
 // TestMain fails the run if tests leave goroutines or files behind.
@@ -67,6 +70,7 @@ type testNet struct {
 	mu      sync.Mutex
 	addrs   []string
 	blocked map[[2]int]bool
+	raftCut map[[2]int]bool // Raft cut, the client protocol not (cutRaft)
 	conns   map[[2]int][]net.Conn
 }
 
@@ -99,8 +103,56 @@ func (tn *testNet) dialer(from int) func(ctx context.Context, addr string) (net.
 			c.Close()
 			return nil, fmt.Errorf("test partition: %d cannot reach %d", from+1, to+1)
 		}
-		tn.conns[[2]int{from, to}] = append(tn.conns[[2]int{from, to}], c)
-		return c, nil
+		tc := &testConn{Conn: c, tn: tn, link: [2]int{from, to}}
+		tn.conns[[2]int{from, to}] = append(tn.conns[[2]int{from, to}], tc)
+		return tc, nil
+	}
+}
+
+// testConn is a connection of the test network; its first byte tells a
+// client protocol connection from a Raft one.
+type testConn struct {
+	net.Conn
+	tn     *testNet
+	link   [2]int
+	client atomic.Int32 // 0 unknown, 1 client protocol, 2 Raft
+}
+
+func (c *testConn) Write(b []byte) (int, error) {
+	if c.client.Load() == 0 && len(b) > 0 {
+		kind := int32(2)
+		if b[0] == wire.Magic {
+			kind = 1
+		}
+		c.client.Store(kind)
+	}
+	if c.client.Load() == 2 {
+		c.tn.mu.Lock()
+		cut := c.tn.raftCut[c.link]
+		c.tn.mu.Unlock()
+		if cut {
+			c.Conn.Close()
+			return 0, fmt.Errorf("test partition: Raft from %d to %d is cut", c.link[0]+1, c.link[1]+1)
+		}
+	}
+	return c.Conn.Write(b)
+}
+
+// cutRaft cuts Raft's traffic between nodes i and j both ways, leaving the
+// client protocol (forwarded statements) through.
+func (tn *testNet) cutRaft(i, j int) {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	if tn.raftCut == nil {
+		tn.raftCut = map[[2]int]bool{}
+	}
+	for _, p := range [][2]int{{i, j}, {j, i}} {
+		tn.raftCut[p] = true
+		for _, c := range tn.conns[p] {
+			if tc, ok := c.(*testConn); ok && tc.client.Load() != 1 {
+				tc.Conn.Close()
+			}
+		}
 	}
 }
 
@@ -129,6 +181,7 @@ func (tn *testNet) heal() {
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
 	clear(tn.blocked)
+	clear(tn.raftCut)
 }
 
 // cluster is an in-process cluster of nodes for tests.
@@ -293,6 +346,24 @@ func (c *cluster) db(i int, name string) *sql.DB {
 		c.t.Fatalf("open %s on node %d: %v", name, i+1, err)
 	}
 	c.dbs[[2]any{i, name}] = db
+	return db
+}
+
+// dbNoFwd returns node i's *sql.DB for database name with forwarding off:
+// a write on a follower fails with ErrNotLeader.
+func (c *cluster) dbNoFwd(i int, name string) *sql.DB {
+	c.t.Helper()
+	key := [2]any{i, "no forwarding: " + name}
+	if db := c.dbs[key]; db != nil {
+		return db
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	db, err := c.nodes[i].OpenWith(ctx, name, DBOptions{NoForwarding: true})
+	if err != nil {
+		c.t.Fatalf("open %s on node %d: %v", name, i+1, err)
+	}
+	c.dbs[key] = db
 	return db
 }
 

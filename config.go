@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/godqlite/dqlite/internal/errs"
 )
 
 // NodeID identifies a node in a cluster. It must be non-zero and unique.
-type NodeID uint64
+type NodeID = errs.NodeID
 
 // Peer is a member of a cluster.
 type Peer struct {

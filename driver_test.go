@@ -67,8 +67,9 @@ func TestDriver_PreparedStatements(t *testing.T) {
 	if err := sel.QueryRow(sqlNamed("id", 7)).Scan(&v); err != nil || v != "v" {
 		t.Fatalf("named parameter: %q, %v", v, err)
 	}
-	// A prepared write on a follower fails when it runs, naming the leader.
-	f := c.db((l+1)%3, "test.db")
+	// With forwarding off, a prepared write on a follower fails when it
+	// runs, naming the leader.
+	f := c.dbNoFwd((l+1)%3, "test.db")
 	waitFor(t, 10*time.Second, "the table on the follower", func() bool { _, err := f.Exec(`SELECT * FROM t`); return err == nil })
 	fins, err := f.Prepare(`INSERT INTO t VALUES (?, ?)`)
 	if err != nil {

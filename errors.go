@@ -1,8 +1,6 @@
 package dqlite
 
 import (
-	"fmt"
-
 	"github.com/godqlite/dqlite/internal/errs"
 )
 
@@ -70,19 +68,7 @@ var (
 )
 
 // NotLeaderError is returned on a node that is not the leader, or not a
-// ready one, for what only the leader does. errors.Is(err, ErrNotLeader)
-// holds for it; errors.As gives the leader.
-type NotLeaderError struct {
-	LeaderID      NodeID // 0 when no leader is known
-	LeaderAddress string // "" when no leader is known
-}
-
-func (e *NotLeaderError) Error() string {
-	if e.LeaderAddress == "" {
-		return "dqlite: not the leader (no leader known)"
-	}
-	return fmt.Sprintf("dqlite: not the leader (leader is node %d at %s)", e.LeaderID, e.LeaderAddress)
-}
-
-// Is makes errors.Is(err, ErrNotLeader) hold.
-func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+// ready one, for what only the leader does, and by a client whose
+// forwarding is off. errors.Is(err, ErrNotLeader) holds for it; errors.As
+// gives the leader.
+type NotLeaderError = errs.NotLeaderError

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,9 @@ type Node struct {
 	done       chan struct{}
 	unregister func()
 	wg         sync.WaitGroup
+	serveCtx   context.Context // of client protocol sessions; cancelled by Close
+	stopServe  context.CancelFunc
+	writeFloor atomic.Uint64 // highest index of a write forwarded through this node
 
 	mu       sync.Mutex
 	closed   bool
@@ -116,6 +120,7 @@ func New(cfg Config) (*Node, error) {
 		CheckpointFrames: uint32(cfg.CheckpointFrames),
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
+		SnapshotIndex: snaps.LatestIndex,
 		DiskError: func(error) {
 			n.diskErrAt.Store(time.Now().UnixNano())
 			select {
@@ -145,6 +150,9 @@ func New(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("listen on %s: %w", cfg.Address, err))
 	}
 	n.stream = stream
+	n.serveCtx, n.stopServe = context.WithCancel(context.Background())
+	stream.serve = func(c net.Conn) { driver.Serve(n.serveCtx, c, backend{n}) }
+	stream.start()
 	// No pipelined replication (MaxRPCsInFlight 1): in hashicorp/raft
 	// v1.7.3 a follower that refuses an append can leave the leader's
 	// pipeline to it stuck for good, heartbeats still flowing, and the
@@ -269,9 +277,16 @@ func (n *Node) Leader() (NodeID, string) {
 	return NodeID(v), string(addr)
 }
 
-// AppliedIndex returns the Raft index of the last entry this node handed to
-// its databases (the last one may still be being applied).
-func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+// AppliedIndex returns the Raft index of the last entry this node has
+// applied: every reader on this node sees it and what came before.
+func (n *Node) AppliedIndex() uint64 { return n.fsm.AppliedIndex() }
+
+// WaitApplied blocks until this node has applied Raft index index (a
+// commit index that WithCommitIndex recorded, perhaps on another node),
+// or until ctx is done or the node closes.
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
+	return n.fsm.WaitApplied(ctx, index)
+}
 
 // SnapshotIndex returns the Raft index of the latest snapshot this node
 // holds (taken or received), or 0.
@@ -296,17 +311,29 @@ func (n *Node) IsLeader() bool { return n.checkLeader() == nil }
 // raft-wal, snapshots, lock), not ending in -wal, -shm or -journal. Other
 // names fail with ErrInvalidName.
 func (n *Node) Open(ctx context.Context, name string) (*sql.DB, error) {
-	d, err := n.database(ctx, name)
+	return n.OpenWith(ctx, name, DBOptions{})
+}
+
+// DBOptions are the settings of a *sql.DB that OpenWith returns.
+type DBOptions = driver.Options
+
+// OpenWith is Open with options: forwarding off (a write on a follower
+// then fails with ErrNotLeader, and Open on a follower waits for the
+// leader to create a database), or a default read level.
+func (n *Node) OpenWith(ctx context.Context, name string, opts DBOptions) (*sql.DB, error) {
+	d, err := n.database(ctx, name, !opts.NoForwarding)
 	if err != nil {
 		return nil, err
 	}
 	if err := d.Failed(); err != nil {
 		return nil, err
 	}
-	return sql.OpenDB(driver.NewConnector(backend{n}, name)), nil
+	return sql.OpenDB(driver.NewConnectorWith(backend{n}, name, opts)), nil
 }
 
-func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
+// database returns database name, waiting for it to exist. The leader
+// creates it; another node asks the leader to (if forward), or waits.
+func (n *Node) database(ctx context.Context, name string, forward bool) (*fsm.DB, error) {
 	if err := n.fsm.CheckName(name); err != nil {
 		return nil, err
 	}
@@ -331,6 +358,8 @@ func (n *Node) database(ctx context.Context, name string) (*fsm.DB, error) {
 			if err == nil {
 				continue
 			}
+		} else if forward && errors.Is(err, ErrNotLeader) {
+			err = n.createOnLeader(ctx, name)
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, ErrInvalidName) {
 			return nil, err
@@ -637,6 +666,7 @@ func (n *Node) Close() error {
 	n.abortAll(ErrClosed, true)
 	n.mu.Unlock()
 	n.unregister()
+	n.stopServe()
 	close(n.done)
 	n.fsm.Stop()
 	shutdown := n.raft.Shutdown()
@@ -649,11 +679,83 @@ func (n *Node) Close() error {
 	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close(), n.lock.Close())
 }
 
+// createOnLeader asks the leader to create database name, over the client
+// protocol (its hello opens the database there).
+func (n *Node) createOnLeader(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return driver.Touch(ctx, backend{n}, name)
+}
+
 // backend is the node as the driver sees it.
 type backend struct{ n *Node }
 
 func (b backend) Database(ctx context.Context, name string) (driver.Database, error) {
-	return b.n.database(ctx, name)
+	return b.n.database(ctx, name, true)
+}
+
+func (b backend) ApplyTimeout() time.Duration { return b.n.cfg.ApplyTimeout }
+
+func (b backend) Self() (uint64, string) { return uint64(b.n.cfg.ID), b.n.Address() }
+
+func (b backend) Leader() (uint64, string) {
+	id, addr := b.n.Leader()
+	return uint64(id), addr
+}
+
+func (b backend) Dial(ctx context.Context, address string) (net.Conn, error) {
+	return b.n.stream.dial(ctx, address)
+}
+
+func (b backend) ReadIndex(ctx context.Context) (uint64, error) { return b.n.readIndex(ctx) }
+
+func (b backend) AppliedIndex() uint64 { return b.n.fsm.AppliedIndex() }
+
+func (b backend) WaitApplied(ctx context.Context, index uint64) error {
+	return b.n.fsm.WaitApplied(ctx, index)
+}
+
+func (b backend) NoteWrite(index uint64) {
+	for {
+		old := b.n.writeFloor.Load()
+		if index <= old || b.n.writeFloor.CompareAndSwap(old, index) {
+			return
+		}
+	}
+}
+
+func (b backend) WriteFloor() uint64 { return b.n.writeFloor.Load() }
+
+// readIndex returns, on the ready leader, the index of the last entry it
+// applied, once a heartbeat round to a quorum confirmed that it still
+// leads. Every write acknowledged before the call is at or below it: the
+// leader applies its own before it acknowledges them, and those of earlier
+// leaders before it becomes ready. A leader that was deposed without
+// knowing it (paused, partitioned) fails the round and answers
+// ErrNotLeader.
+func (n *Node) readIndex(ctx context.Context) (uint64, error) {
+	if err := n.checkLeader(); err != nil {
+		return 0, err
+	}
+	index := n.fsm.AppliedIndex()
+	f := n.raft.VerifyLeader()
+	ch := make(chan error, 1)
+	go func() { ch <- f.Error() }()
+	select {
+	case err := <-ch:
+		if err != nil {
+			id, addr := n.Leader()
+			if id == n.cfg.ID {
+				id, addr = 0, ""
+			}
+			return 0, &NotLeaderError{LeaderID: id, LeaderAddress: addr}
+		}
+		return index, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrClosed
+	}
 }
 
 func (b backend) CheckLeader() error { return b.n.checkLeader() }

@@ -168,7 +168,7 @@ func TestCluster_HiddenBeginImmediateOnFollower(t *testing.T) {
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "test.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
 	f := (l + 1) % 3
-	fdb := c.db(f, "test.db")
+	fdb := c.dbNoFwd(f, "test.db")
 	waitFor(t, 10*time.Second, "the table on the follower", func() bool { _, err := fdb.Exec(`SELECT * FROM t`); return err == nil })
 	conn, err := fdb.Conn(context.Background())
 	if err != nil {

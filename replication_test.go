@@ -43,7 +43,7 @@ func TestCluster_WriteOnFollower(t *testing.T) {
 		_, err := c.db(f, "test.db").Exec(`SELECT * FROM t`)
 		return err == nil
 	})
-	_, err := c.db(f, "test.db").Exec(`INSERT INTO t VALUES (1)`)
+	_, err := c.dbNoFwd(f, "test.db").Exec(`INSERT INTO t VALUES (1)`)
 	var nl *NotLeaderError
 	if !errors.Is(err, ErrNotLeader) || !errors.As(err, &nl) {
 		t.Fatalf("write on follower: got %v, want ErrNotLeader", err)

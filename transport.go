@@ -2,20 +2,35 @@ package dqlite
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/godqlite/dqlite/internal/wire"
 )
 
 // streamLayer carries Raft's connections: accepted on a listener, dialed
 // with a function (by default plain TCP). It tracks both kinds: closing it
 // closes those it accepted, which hashicorp/raft's transport leaves open,
 // and closeConns cuts every one at shutdown.
+//
+// The same listener takes the client protocol's connections (forwarded
+// writes, remote clients): their first byte is wire.Magic, where a Raft
+// connection's is an RPC type (0 to 4). Each accepted connection is
+// routed by that byte, read on a goroutine of its own so that a slow
+// client holds up no one; client connections go to serve.
 type streamLayer struct {
 	net.Listener
-	dial func(ctx context.Context, address string) (net.Conn, error)
+	dial  func(ctx context.Context, address string) (net.Conn, error)
+	serve func(net.Conn) // takes a client protocol connection; set before Start
+
+	raftConns chan net.Conn // routed to Raft, for Accept
+	done      chan struct{} // closed by Close
+	wg        sync.WaitGroup
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]bool // accepted and dialed, open
@@ -26,7 +41,8 @@ type streamLayer struct {
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 func newStreamLayer(cfg Config) (*streamLayer, error) {
-	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, conns: map[*trackedConn]bool{}}
+	s := &streamLayer{Listener: cfg.Listener, dial: cfg.Dial, conns: map[*trackedConn]bool{},
+		raftConns: make(chan net.Conn), done: make(chan struct{})}
 	if s.Listener == nil {
 		l, err := net.Listen("tcp", cfg.Address)
 		if err != nil {
@@ -43,25 +59,76 @@ func newStreamLayer(cfg Config) (*streamLayer, error) {
 	return s, nil
 }
 
-func (s *streamLayer) Accept() (net.Conn, error) {
-	c, err := s.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.cut {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	tc := &trackedConn{Conn: c, s: s}
-	s.conns[tc] = true
-	return tc, nil
+// start accepts connections until Close.
+func (s *streamLayer) start() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := s.Listener.Accept()
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					continue
+				}
+				return
+			}
+			s.mu.Lock()
+			if s.closed || s.cut {
+				s.mu.Unlock()
+				c.Close()
+				continue
+			}
+			tc := &trackedConn{Conn: c, s: s}
+			s.conns[tc] = true
+			s.wg.Add(1)
+			s.mu.Unlock()
+			go s.route(tc)
+		}
+	}()
 }
 
+// route reads a connection's first byte and hands it to Raft or serve.
+func (s *streamLayer) route(c *trackedConn) {
+	defer s.wg.Done()
+	var first [1]byte
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if first[0] == wire.Magic {
+		s.serve(c)
+		return
+	}
+	select {
+	case s.raftConns <- &peekedConn{Conn: c, first: first[:]}:
+	case <-s.done:
+		c.Close()
+	}
+}
+
+// Accept gives Raft its connections.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.raftConns:
+		return c, nil
+	case <-s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting, closes the accepted connections and waits for
+// the routing goroutines.
 func (s *streamLayer) Close() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	s.closed = true
+	close(s.done)
 	for c := range s.conns {
 		if !c.dialed {
 			c.Conn.Close()
@@ -69,7 +136,24 @@ func (s *streamLayer) Close() error {
 		}
 	}
 	s.mu.Unlock()
-	return s.Listener.Close()
+	err := s.Listener.Close()
+	s.wg.Wait()
+	return err
+}
+
+// peekedConn gives back the byte that routing read first.
+type peekedConn struct {
+	net.Conn
+	first []byte
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) {
+	if len(p.first) > 0 && len(b) > 0 {
+		n := copy(b, p.first)
+		p.first = p.first[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
 }
 
 // closeConns closes every connection, accepted or dialed, so that Raft's

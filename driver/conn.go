@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/wire"
 )
 
 // conn is one SQLite connection to the local copy of a database.
@@ -39,6 +41,14 @@ type conn struct {
 
 	busySince   time.Time // when the current wait for a lock began
 	busyTimeout time.Duration
+
+	name       string  // the database's name
+	opts       Options // of the connector
+	server     bool    // it runs a client's statements (Serve): it never forwards them
+	fwd        atomic.Pointer[rconn]
+	remote     bool            // the open transaction runs on the leader, through fwd
+	txCtx      context.Context // of BeginTx, for the commit's index
+	lastCommit uint64          // Raft index of the last transaction committed here
 }
 
 var (
@@ -55,8 +65,8 @@ var (
 // open, so that a Close racing with it still closes it; c.mu is held until
 // it is whole, and a connection that failed to open is marked closed, so
 // Abort never meets a half-built one.
-func newConn(ctx context.Context, b Backend, db Database) (_ *conn, err error) {
-	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout()}
+func newConn(ctx context.Context, b Backend, db Database, name string, opts Options) (_ *conn, err error) {
+	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout(), name: name, opts: opts}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.id, c.untrack = b.Track(c)
@@ -112,6 +122,9 @@ func (c *conn) Raw() *sqlite3.Conn { return c.raw }
 
 // Abort implements Aborter.
 func (c *conn) Abort(cause error, closing bool) {
+	if rc := c.fwd.Load(); rc != nil && closing {
+		rc.kill() // a forwarded statement may be waiting for the leader, holding c.mu
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed != nil {
@@ -141,6 +154,9 @@ func (c *conn) Abort(cause error, closing bool) {
 // connection (which refuses to close while a statement is open). c.mu is
 // held.
 func (c *conn) closeRaw() error {
+	if rc := c.fwd.Load(); rc != nil {
+		rc.close()
+	}
 	for r := range c.rows {
 		r.abort(errs.ErrClosed)
 	}
@@ -207,10 +223,20 @@ func (c *conn) guardWriteLock() error {
 	return nil
 }
 
-// committed runs after a statement that may have committed a write.
-func (c *conn) committed() {
+// committed runs after a statement that may have committed a write, run
+// with ctx.
+func (c *conn) committed(ctx context.Context) {
 	if !c.inTx {
+		c.noteCommit(ctx)
 		c.db.Checkpoint()
+	}
+}
+
+// noteCommit records the index of what this connection just committed.
+func (c *conn) noteCommit(ctx context.Context) {
+	if i := c.db.TakeIndex(c.id); i != 0 {
+		c.lastCommit = i
+		noteCommit(ctx, i)
 	}
 }
 
@@ -226,6 +252,9 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
+	if c.remote {
+		return c.remoteStmt(query), nil
+	}
 	kw := keywords(query, 2)
 	if len(kw) > 0 {
 		c.running = kw[0]
@@ -233,7 +262,14 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	defer func() { c.running = "" }()
 	s, tail, err := c.raw.Prepare(query)
 	if err != nil {
-		return nil, c.prepareErr(err)
+		perr := err
+		err = c.prepareErr(err)
+		if !c.inTx && errors.Is(perr, sqlite3.ERROR) && mayWrite(query) && c.forwarding() {
+			// The leader may know what this node does not know yet (a
+			// table just created): it prepares the statement itself.
+			return c.remoteStmt(query), nil
+		}
+		return nil, c.notLeaderFor(query, err)
 	}
 	if s == nil {
 		return nil, errors.New("dqlite: empty statement")
@@ -243,7 +279,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		return nil, fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
 	}
 	ro := s.ReadOnly() && !isWriteBegin(kw)
-	st := &stmt{c: c, s: s, readOnly: ro, numInput: s.BindCount(), kind: c.running}
+	st := &stmt{c: c, s: s, query: query, readOnly: ro, numInput: s.BindCount(), kind: c.running}
 	if c.stmts == nil {
 		c.stmts = map[*stmt]struct{}{}
 	}
@@ -318,6 +354,9 @@ func keywords(query string, n int) []string {
 // ExecContext runs a script of statements without arguments, checking each
 // statement before it runs. With arguments, database/sql prepares instead.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if c.routeExec(query, len(args) != 0) {
+		return c.forwardExec(ctx, query, args)
+	}
 	if len(args) != 0 {
 		return nil, driver.ErrSkip
 	}
@@ -336,6 +375,11 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
+	if !c.inTx {
+		if err := c.readBarrier(ctx); err != nil {
+			return nil, err
+		}
+	}
 	lastID := c.raw.LastInsertRowID()
 	total := c.raw.TotalChanges()
 	defer func() { c.running = "" }()
@@ -344,7 +388,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		c.running = firstKeyword(tail)
 		s, rest, err := c.raw.Prepare(tail)
 		if err != nil {
-			return nil, c.prepareErr(err)
+			return nil, c.notLeaderFor(tail, c.prepareErr(err))
 		}
 		if s == nil {
 			break
@@ -374,7 +418,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		}
 		tail = rest
 	}
-	c.committed()
+	c.committed(ctx)
 	return result{c.insertedID(lastID, total), changes}, nil
 }
 
@@ -433,6 +477,19 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, err
 	}
 	defer c.mu.Unlock()
+	c.txCtx = ctx
+	if !opts.ReadOnly && !c.inTx && c.forwarding() {
+		rc := c.fwdConn()
+		err := rc.begin(ctx, false)
+		c.remote = rc.inTx
+		if err != nil {
+			return nil, err
+		}
+		return tx{c, ctx}, nil
+	}
+	if err := c.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
@@ -447,15 +504,22 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, c.mapErr(err)
 	}
 	c.inTx, c.roTx = true, opts.ReadOnly
-	return tx{c}, nil
+	return tx{c, ctx}, nil
 }
 
-type tx struct{ c *conn }
+// tx is a transaction begun with BeginTx (ctx is BeginTx's).
+type tx struct {
+	c   *conn
+	ctx context.Context
+}
 
 func (t tx) Commit() error {
 	c := t.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.remote {
+		return c.endRemote(t.ctx, wire.Commit)
+	}
 	if err := c.endDoomed(); err != nil {
 		return err
 	}
@@ -469,6 +533,7 @@ func (t tx) Commit() error {
 	}
 	c.inTx, c.roTx = false, false
 	if err == nil {
+		c.noteCommit(t.ctx)
 		c.db.Checkpoint()
 	}
 	return err
@@ -478,6 +543,9 @@ func (t tx) Rollback() error {
 	c := t.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.remote {
+		return c.endRemote(t.ctx, wire.Rollback)
+	}
 	if c.doomed != nil || c.closed != nil {
 		c.doomed = nil
 		c.inTx, c.roTx = false, false

@@ -20,6 +20,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,29 @@ type Backend interface {
 	// Track registers a connection, so that the node can roll back its
 	// write transaction when leadership is lost and close it on shutdown.
 	Track(c Aborter) (id uint64, untrack func())
+	// ApplyTimeout bounds a wait for the leader or for an index.
+	ApplyTimeout() time.Duration
+
+	// Self and Leader return a node's ID and address: this one's, and
+	// the leader's ("" when none is known).
+	Self() (id uint64, address string)
+	Leader() (id uint64, address string)
+	// Dial opens a connection to the node at address, for the client
+	// protocol, the way the node dials its Raft peers.
+	Dial(ctx context.Context, address string) (net.Conn, error)
+	// ReadIndex returns, on the ready leader, the index of the last entry
+	// it applied once a heartbeat round has confirmed that it still leads;
+	// elsewhere an error matching ErrNotLeader.
+	ReadIndex(ctx context.Context) (uint64, error)
+	// AppliedIndex and WaitApplied are the node's applied index (every
+	// reader sees it), and a wait for it to reach index.
+	AppliedIndex() uint64
+	WaitApplied(ctx context.Context, index uint64) error
+	// NoteWrite tells the node that a write through it committed at
+	// index; WriteFloor is the highest such index, which its reads wait
+	// for.
+	NoteWrite(index uint64)
+	WriteFloor() uint64
 }
 
 // Aborter is a connection as the node sees it.
@@ -54,12 +78,13 @@ type Aborter interface {
 
 // Database is one replicated database, as the driver sees it.
 type Database interface {
-	URI(conn uint64) string      // SQLite URI opening it as connection conn
-	TakeError(conn uint64) error // real cause of conn's last failed commit
-	Settle(conn uint64)          // a statement of conn returned
-	Settled() <-chan struct{}    // closed when the next statement returns
-	Checkpoint()                 // checkpoint if the WAL is long; never waits
-	Failed() error               // non-nil once this node's copy stopped
+	URI(conn uint64) string       // SQLite URI opening it as connection conn
+	TakeError(conn uint64) error  // real cause of conn's last failed commit
+	Settle(conn uint64)           // a statement of conn returned
+	Settled() <-chan struct{}     // closed when the next statement returns
+	TakeIndex(conn uint64) uint64 // Raft index of conn's last commit
+	Checkpoint()                  // checkpoint if the WAL is long; never waits
+	Failed() error                // non-nil once this node's copy stopped
 }
 
 // Driver implements database/sql/driver.Driver and DriverContext.
@@ -106,20 +131,54 @@ func (d Driver) Open(dsn string) (driver.Conn, error) {
 	return c.Connect(context.Background())
 }
 
-// OpenConnector implements driver.DriverContext. The name is
-// "<node address>/<database>".
+// OpenConnector implements driver.DriverContext. A data source name is
+// either "<node address>/<database>", a node running in this process, or
+// "dqlite://<address>,<address>…/<database>", a remote client of the
+// cluster whose nodes listen at those addresses (see RemoteConnector).
+// Either may end with options: "?level=linearizable" sets the default
+// read level, "?forward=false" turns a local connector's forwarding off.
 func (Driver) OpenConnector(dsn string) (driver.Connector, error) {
-	addr, db, ok := strings.Cut(dsn, "/")
+	rest, remote := strings.CutPrefix(dsn, "dqlite://")
+	rest, params, _ := strings.Cut(rest, "?")
+	addr, db, ok := strings.Cut(rest, "/")
 	if !ok || addr == "" || db == "" {
-		return nil, fmt.Errorf("dqlite: data source name %q is not <node address>/<database>", dsn)
+		return nil, fmt.Errorf("dqlite: data source name %q is neither <node address>/<database> nor dqlite://<address>,…/<database>", dsn)
+	}
+	var opts Options
+	for _, kv := range strings.Split(params, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "level" && v == "local":
+			opts.ReadLevel = Local
+		case k == "level" && v == "linearizable":
+			opts.ReadLevel = Linearizable
+		case k == "forward" && (v == "false" || v == "off") && !remote:
+			opts.NoForwarding = true
+		case k == "forward" && (v == "true" || v == "on") && !remote:
+		default:
+			return nil, fmt.Errorf("dqlite: data source name %q: unknown option %q (known: level=local|linearizable, forward=true|false)", dsn, kv)
+		}
+	}
+	if remote {
+		addrs := strings.Split(addr, ",")
+		for _, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return nil, fmt.Errorf("dqlite: data source name %q: %q is not host:port", dsn, a)
+			}
+		}
+		return NewRemoteConnector(addrs, db, RemoteOptions{ReadLevel: opts.ReadLevel}), nil
 	}
 	backendsMu.Lock()
 	b := backends[addr]
 	backendsMu.Unlock()
 	if b == nil {
-		return nil, fmt.Errorf("%w: no node listens at %s in this process (data source name %q; a node is reachable by name only while it runs)", errs.ErrNoNode, addr, dsn)
+		return nil, fmt.Errorf("%w: no node listens at %s in this process (data source name %q; a node is reachable by name only while it runs; "+
+			"a program that is no member of the cluster uses dqlite://%s/%s)", errs.ErrNoNode, addr, dsn, addr, db)
 	}
-	return NewConnector(b, db), nil
+	return NewConnectorWith(b, db, opts), nil
 }
 
 // Connector opens connections to one database of one node. It implements
@@ -127,6 +186,7 @@ func (Driver) OpenConnector(dsn string) (driver.Connector, error) {
 type Connector struct {
 	backend Backend
 	name    string
+	opts    Options
 }
 
 var _ driver.Connector = (*Connector)(nil)
@@ -134,6 +194,12 @@ var _ driver.Connector = (*Connector)(nil)
 // NewConnector returns a Connector for database name on backend.
 func NewConnector(b Backend, name string) *Connector {
 	return &Connector{backend: b, name: name}
+}
+
+// NewConnectorWith returns a Connector for database name on backend, with
+// options.
+func NewConnectorWith(b Backend, name string, opts Options) *Connector {
+	return &Connector{backend: b, name: name, opts: opts}
 }
 
 // Driver implements driver.Connector.
@@ -148,5 +214,5 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err := db.Failed(); err != nil {
 		return nil, err
 	}
-	return newConn(ctx, c.backend, db)
+	return newConn(ctx, c.backend, db, c.name, c.opts)
 }

@@ -39,7 +39,8 @@ func checkValue(nv *driver.NamedValue) error {
 // moment (Node.Close), after which the statement must not be touched.
 type stmt struct {
 	c        *conn
-	s        *sqlite3.Stmt
+	s        *sqlite3.Stmt // nil for a statement only the leader prepared (see remoteStmt)
+	query    string
 	readOnly bool
 	kind     string // its first keyword, for the authorizer
 	numInput int
@@ -63,11 +64,14 @@ func (s *stmt) Close() error {
 		return nil // closed with its connection
 	}
 	for r := range s.c.rows {
-		if r.s == s {
+		if r.s == s && s.s != nil {
 			r.abort(errors.New("dqlite: the statement of these rows is closed"))
 		}
 	}
 	delete(s.c.stmts, s)
+	if s.s == nil {
+		return nil
+	}
 	return s.s.Close()
 }
 
@@ -91,27 +95,55 @@ func named(args []driver.Value) []driver.NamedValue {
 	return nv
 }
 
-// before locks the connection for one run of the statement, checks it and
-// binds args.
-func (s *stmt) before(args []driver.NamedValue) error {
+// before locks the connection for one run of the statement, and reports
+// whether it runs on the leader. Else it checks it and binds args.
+func (s *stmt) before(ctx context.Context, args []driver.NamedValue) (onLeader bool, err error) {
 	if err := s.c.enter(); err != nil {
-		return err
+		return false, err
 	}
 	if s.closed {
 		s.c.mu.Unlock()
-		return errors.New("dqlite: statement is closed")
+		return false, errors.New("dqlite: statement is closed")
+	}
+	if s.onLeader() {
+		return true, nil
+	}
+	if s.s == nil {
+		// Prepared by the leader when this node could not; it runs here
+		// now (this node leads, or the connection is in a local
+		// transaction).
+		c := s.c
+		st, tail, err := c.raw.Prepare(s.query)
+		if err == nil && st == nil {
+			err = errors.New("dqlite: empty statement")
+		}
+		if err == nil && c.holdsStatement(tail) {
+			st.Close()
+			err = fmt.Errorf("dqlite: a query with arguments holds one statement, but %q follows it", strings.TrimSpace(tail))
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return false, c.prepareErr(err)
+		}
+		s.s, s.readOnly, s.kind = st, st.ReadOnly() && !beginsWriteTx(s.query), firstKeyword(s.query)
+	}
+	if s.readOnly && !s.c.inTx {
+		if err := s.c.readBarrier(ctx); err != nil {
+			s.c.mu.Unlock()
+			return false, err
+		}
 	}
 	if !s.readOnly {
 		if err := s.c.checkWrite(); err != nil {
 			s.c.mu.Unlock()
-			return err
+			return false, err
 		}
 	}
 	if err := s.bind(args); err != nil {
 		s.c.mu.Unlock()
-		return err
+		return false, err
 	}
-	return nil
+	return false, nil
 }
 
 // bind resets the statement and binds args, by name (":x", "@x" or "$x")
@@ -165,10 +197,18 @@ func (s *stmt) bind(args []driver.NamedValue) error {
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	if err := s.before(args); err != nil {
+	onLeader, err := s.before(ctx, args)
+	if err != nil {
 		return nil, err
 	}
 	c := s.c
+	if onLeader {
+		defer c.mu.Unlock()
+		rc := c.fwdConn()
+		res, err := rc.exec(ctx, s.query, args)
+		c.afterForward(ctx, rc)
+		return res, err
+	}
 	defer c.leave()
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
@@ -176,7 +216,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	c.running = s.kind
 	lastID := c.raw.LastInsertRowID()
 	total := c.raw.TotalChanges()
-	err := s.s.Exec()
+	err = s.s.Exec()
 	c.running = ""
 	if err != nil {
 		err = c.mapErr(err)
@@ -189,7 +229,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 		return nil, err
 	}
 	if !s.readOnly {
-		c.committed()
+		c.committed(ctx)
 	}
 	var changes int64
 	if c.raw.TotalChanges() != total {
@@ -199,10 +239,21 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	if err := s.before(args); err != nil {
+	onLeader, err := s.before(ctx, args)
+	if err != nil {
 		return nil, err
 	}
 	defer s.c.mu.Unlock()
+	if onLeader {
+		c := s.c
+		rc := c.fwdConn()
+		rs, err := rc.query(ctx, s.query, args)
+		c.afterForward(ctx, rc)
+		if err != nil {
+			return nil, err
+		}
+		return fwdRows{c, rs}, nil
+	}
 	rs := &rows{s: s, ctx: ctx}
 	n := s.s.ColumnCount()
 	rs.cols, rs.decl = make([]string, n), make([]kind, n)
@@ -302,7 +353,7 @@ func (r *rows) Close() error {
 	}
 	c.trackTx(r.s.s.SQL(), err)
 	if !r.s.readOnly && err == nil {
-		c.committed()
+		c.committed(r.ctx)
 	}
 	return err
 }
@@ -416,8 +467,12 @@ func parseTime(s string) (time.Time, bool) {
 
 func (r *rows) ColumnTypeDatabaseTypeName(i int) string { return r.declNames[i] }
 
-func (r *rows) ColumnTypeScanType(i int) reflect.Type {
-	switch r.decl[i] {
+func (r *rows) ColumnTypeScanType(i int) reflect.Type { return scanType(r.decl[i]) }
+
+// scanType is the Go type a column whose declared type reads back as k
+// scans into.
+func scanType(k kind) reflect.Type {
+	switch k {
 	case kindInt:
 		return reflect.TypeFor[int64]()
 	case kindFloat:

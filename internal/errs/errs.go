@@ -3,7 +3,10 @@
 // whichever layer returned the error.
 package errs
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	ErrNotLeader      = errors.New("dqlite: not the leader")
@@ -30,3 +33,22 @@ var (
 	ErrNoSuchNode = errors.New("dqlite: no such node in the cluster")
 	ErrLastVoter  = errors.New("dqlite: cannot remove the last voter")
 )
+
+// NodeID identifies a node in a cluster (dqlite.NodeID).
+type NodeID uint64
+
+// NotLeaderError is dqlite.NotLeaderError.
+type NotLeaderError struct {
+	LeaderID      NodeID // 0 when no leader is known
+	LeaderAddress string // "" when no leader is known
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderAddress == "" {
+		return "dqlite: not the leader (no leader known)"
+	}
+	return fmt.Sprintf("dqlite: not the leader (leader is node %d at %s)", e.LeaderID, e.LeaderAddress)
+}
+
+// Is makes errors.Is(err, ErrNotLeader) hold.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }

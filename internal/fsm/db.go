@@ -37,6 +37,9 @@ type Options struct {
 	// DiskError, if set, is told when a write of this node's disk failed
 	// and is being retried (see DB.Retry): the node should stop leading.
 	DiskError func(err error)
+	// SnapshotIndex, if set, returns the Raft index of the snapshot that
+	// Restore is installing (the store's latest).
+	SnapshotIndex func() uint64
 
 	afterCommit func()       // test hook: see FSM.SetAfterCommit
 	stopping    *atomic.Bool // set by FSM.Stop
@@ -69,6 +72,7 @@ type DB struct {
 	mu      sync.Mutex
 	pending *pendingTx       // local transaction in flight, if any
 	errs    map[uint64]error // the real cause of a failed commit, per connection
+	commits map[uint64]uint64 // the Raft index of the last commit, per connection
 	settled chan struct{}    // closed, and replaced, whenever a statement returns
 	nextTx  uint64
 	failed  error // set when this node's copy diverged
@@ -117,7 +121,7 @@ func (d *DB) PageSize() uint32 { return d.pageSize }
 // way on every node, and registers it with the VFS. last is the record
 // of the state its files hold (recoverDB), or nil for a new database.
 func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *DB, err error) {
-	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, pageSize: pageSize, settled: make(chan struct{}),
+	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, commits: map[uint64]uint64{}, pageSize: pageSize, settled: make(chan struct{}),
 		nextTx: uint64(time.Now().UnixNano())}
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
 	if err != nil {
@@ -245,6 +249,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 		// The FSM applied it: committed, whatever the future said. The
 		// pending entry stays until the driver settles it, after SQLite
 		// published the commit frame.
+		d.commits[conn] = p.index
 		return nil
 	}
 	if err == nil {

@@ -62,6 +62,8 @@ type FSM struct {
 	// held at start. Until Raft's replay passes it, the sets of changed
 	// pages are incomplete and Snapshot refuses.
 	lastSeen, heldAtStart atomic.Uint64
+	done                  doneIndex     // see AppliedIndex
+	stopped               chan struct{} // closed by Stop
 }
 
 // CatchingUp reports whether Raft has yet to replay entries that the
@@ -91,7 +93,7 @@ var _ raft.FSM = (*FSM)(nil)
 func New(dir string, opts Options) (*FSM, error) {
 	opts.stopping = new(atomic.Bool)
 	f := &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
-		changed: make(chan struct{})}
+		changed: make(chan struct{}), stopped: make(chan struct{})}
 	dbs, why, err := recoverAll(dir)
 	if err != nil {
 		return nil, err
@@ -259,7 +261,11 @@ func (f *FSM) Wait(ctx context.Context, name string) (*DB, error) {
 
 // Stop makes an apply that waits for the write lock give up: call it
 // before shutting Raft down, which waits for the apply in progress.
-func (f *FSM) Stop() { f.opts.stopping.Store(true) }
+func (f *FSM) Stop() {
+	if !f.opts.stopping.Swap(true) {
+		close(f.stopped)
+	}
+}
 
 // Close closes every database.
 func (f *FSM) Close() error {
@@ -385,6 +391,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	f.sizes.add(l.Index, len(l.Data))
 	f.lastSeen.Store(l.Index)
+	defer f.done.set(l.Index)
 	cmd, err := command.Decode(l.Data)
 	if err != nil {
 		f.opts.Logger.Error("cannot decode log entry", "index", l.Index, "err", err)
@@ -680,6 +687,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		}
 		if !ok {
 			f.heldAtStart.Store(0) // the databases hold the snapshot now
+			if f.opts.SnapshotIndex != nil {
+				f.done.set(f.opts.SnapshotIndex())
+			}
 			crashpoint.Hit("install-restored")
 			f.opts.Logger.Info("snapshot restored", "databases", n, "took", time.Since(start).Round(time.Microsecond).String())
 			return nil

@@ -1,0 +1,383 @@
+package driver
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sync/atomic"
+
+	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/wire"
+)
+
+// rconn runs statements on the leader, over a session of the client
+// protocol: a follower's connection forwards its write transactions
+// through one, and a remote client's connection everything.
+//
+// Retries: a request is sent again, to the leader found anew, only where
+// nothing can have run: when no session could be opened, when the session
+// was found closed before the request was sent, or when the leader
+// answered ErrNotLeader to a request outside a transaction (it checks
+// before it runs anything, and a commit that fails so has written
+// nothing). A session that breaks in a transaction dooms it (the leader
+// rolls it back); one that breaks while a statement outside a transaction
+// or a COMMIT waits for its answer gives an outcome-unknown error.
+type rconn struct {
+	t     *target
+	db    string
+	level ReadLevel // the default read level
+
+	s      *session
+	live   atomic.Pointer[session] // s, for kill from another goroutine
+	inTx   bool                    // a transaction is open on the leader
+	doomed error                   // it was rolled back under the application
+	commit uint64                  // Raft index of the last commit the leader reported
+	rows   map[*rrows]struct{}     // open result sets
+}
+
+// reqFlags go with every Exec, Query and Begin.
+const (
+	flagLinearizable = 1 << iota // a linearizable read level
+)
+
+// state is what every answer but Welcome and Index starts with: whether
+// the connection on the leader is in a transaction, and the Raft index of
+// the transaction the request committed (0 if none).
+func (rc *rconn) state(r *wire.Reader) {
+	rc.inTx = r.Bool()
+	if i := r.Uint(); i != 0 {
+		rc.commit = i
+	}
+}
+
+// kill cuts the session from any goroutine (Node.Close).
+func (rc *rconn) kill() {
+	if s := rc.live.Load(); s != nil {
+		s.nc.Close()
+	}
+}
+
+// close ends the session; the leader rolls back what is open.
+func (rc *rconn) close() {
+	for r := range rc.rows {
+		r.aborted = errs.ErrClosed
+	}
+	rc.rows = nil
+	if rc.s != nil {
+		rc.s.close()
+		rc.s = nil
+		rc.live.Store(nil)
+	}
+	rc.inTx = false
+}
+
+// do sends the request that build writes and returns the answer, once it
+// is not a Failure; the state the answer carries is read.
+func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire.Type, *wire.Reader, error) {
+	if rc.doomed != nil {
+		return 0, nil, rc.doomed
+	}
+	for {
+		fresh := false
+		if rc.s != nil && !rc.inTx && rc.s.idleBroken() {
+			rc.close()
+		}
+		if rc.s == nil {
+			if rc.inTx {
+				return 0, nil, rc.doom(errRolledBack(errors.New("no session")))
+			}
+			s, err := rc.t.connect(ctx, rc.db)
+			if err != nil {
+				return 0, nil, err
+			}
+			rc.s, fresh = s, true
+			rc.live.Store(s)
+		}
+		if err := build(&rc.s.w); err != nil {
+			return 0, nil, err
+		}
+		inTx := rc.inTx
+		typ, r, err := rc.s.call(ctx)
+		if err != nil {
+			if errors.Is(err, wire.ErrTooLarge) {
+				return 0, nil, err
+			}
+			rc.close()
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			if inTx {
+				return 0, nil, rc.doom(errRolledBack(err))
+			}
+			if fresh {
+				return 0, nil, errLost(err)
+			}
+			return 0, nil, errLost(err)
+		}
+		if typ != wire.Failure {
+			rc.state(r)
+			return typ, r, nil
+		}
+		rc.state(r)
+		ferr := getError(r)
+		if errors.Is(ferr, errs.ErrNotLeader) && !inTx && !rc.inTx {
+			// Checked before anything ran: find the leader and send again.
+			rc.close()
+			if ctx.Err() != nil {
+				return 0, nil, ferr
+			}
+			continue
+		}
+		if inTx && !rc.inTx && !errors.Is(ferr, context.Canceled) {
+			// The leader rolled the transaction back (leadership lost, a
+			// statement that ends it on error): the rest must not run as
+			// autocommit statements.
+			if errors.Is(ferr, errs.ErrLeadershipLost) {
+				rc.doomed = ferr
+			}
+		}
+		if ctx.Err() != nil && (errors.Is(ferr, context.Canceled) || isInterrupt(ferr)) {
+			return 0, nil, ctx.Err()
+		}
+		return 0, nil, ferr
+	}
+}
+
+func isInterrupt(err error) bool {
+	var re *RemoteError
+	return errors.As(err, &re) && re.code == 9 // SQLITE_INTERRUPT
+}
+
+func (rc *rconn) doom(err error) error {
+	rc.inTx = false
+	rc.doomed = err
+	return err
+}
+
+func putArgs(w *wire.Writer, args []driver.NamedValue) error {
+	w.Uint(uint64(len(args)))
+	for _, a := range args {
+		w.String(a.Name)
+		w.Uint(uint64(a.Ordinal))
+		if err := w.Value(a.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rc *rconn) readFlags(ctx context.Context) uint64 {
+	if levelOf(ctx, rc.level) == Linearizable {
+		return flagLinearizable
+	}
+	return 0
+}
+
+// exec runs a statement, or a script without arguments, on the leader.
+func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+		w.Reset(wire.Exec)
+		w.Uint(rc.readFlags(ctx))
+		w.Uint(afterOf(ctx))
+		w.String(query)
+		return putArgs(w, args)
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := result{lastID: r.Int(), rows: r.Int()}
+	return res, r.End()
+}
+
+// query runs a statement on the leader and returns its rows.
+func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedValue) (*rrows, error) {
+	typ, r, err := rc.do(ctx, func(w *wire.Writer) error {
+		w.Reset(wire.Query)
+		w.Uint(rc.readFlags(ctx))
+		w.Uint(afterOf(ctx))
+		w.String(query)
+		return putArgs(w, args)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if typ != wire.RowsStart {
+		rc.close()
+		return nil, fmt.Errorf("%w: answer of type %d to a query", wire.ErrMalformed, typ)
+	}
+	rs := &rrows{rc: rc, ctx: ctx, id: r.Uint()}
+	n := r.Count(3)
+	rs.cols, rs.decl, rs.kinds = make([]string, n), make([]string, n), make([]kind, n)
+	for i := range n {
+		rs.cols[i], rs.decl[i], rs.kinds[i] = r.String(), r.String(), kind(r.Uint())
+	}
+	if err := rs.batch(r); err != nil {
+		rc.close()
+		return nil, err
+	}
+	if !rs.done {
+		if rc.rows == nil {
+			rc.rows = map[*rrows]struct{}{}
+		}
+		rc.rows[rs] = struct{}{}
+	}
+	return rs, nil
+}
+
+// simple sends a request of type t with no body but flags and an index.
+func (rc *rconn) simple(ctx context.Context, t wire.Type, v uint64) error {
+	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+		w.Reset(t)
+		w.Uint(v)
+		w.Uint(afterOf(ctx))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return r.End()
+}
+
+func (rc *rconn) begin(ctx context.Context, readOnly bool) error {
+	v := rc.readFlags(ctx) << 1
+	if readOnly {
+		v |= 1
+	}
+	return rc.simple(ctx, wire.Begin, v)
+}
+
+// end commits or rolls back the open transaction.
+func (rc *rconn) end(t wire.Type) error {
+	if rc.doomed != nil {
+		err := rc.doomed
+		rc.doomed = nil
+		if t == wire.Rollback {
+			return nil
+		}
+		return err
+	}
+	if !rc.inTx {
+		if t == wire.Rollback {
+			return nil
+		}
+		return errors.New("dqlite: no transaction is open")
+	}
+	err := rc.simple(context.Background(), t, 0)
+	if t == wire.Rollback && errors.Is(err, errs.ErrLeadershipLost) {
+		err = nil // rolled back either way
+	}
+	return err
+}
+
+// readIndex asks the leader for a read index: the index of the last entry
+// it applied, once a heartbeat round confirmed that it still leads.
+func (rc *rconn) readIndex(ctx context.Context) (uint64, error) {
+	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+		w.Reset(wire.ReadIndex)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	i := r.Uint()
+	return i, r.End()
+}
+
+// takeCommit returns and forgets the index of the last commit.
+func (rc *rconn) takeCommit() uint64 {
+	i := rc.commit
+	rc.commit = 0
+	return i
+}
+
+// rrows are rows that the leader sends in batches.
+type rrows struct {
+	rc      *rconn
+	ctx     context.Context
+	id      uint64
+	cols    []string
+	decl    []string
+	kinds   []kind
+	buf     [][]driver.Value
+	done    bool
+	aborted error
+}
+
+func (rs *rrows) batch(r *wire.Reader) error {
+	n := r.Count(1)
+	w := len(rs.cols)
+	for range n {
+		row := make([]driver.Value, w)
+		for j := range row {
+			row[j] = r.Value()
+		}
+		rs.buf = append(rs.buf, row)
+	}
+	rs.done = r.Bool()
+	return r.End()
+}
+
+func (rs *rrows) Columns() []string { return rs.cols }
+
+// next fills dest from the next row, fetching a batch when needed.
+func (rs *rrows) next(dest []driver.Value) error {
+	if rs.aborted != nil {
+		return rs.aborted
+	}
+	for len(rs.buf) == 0 {
+		if rs.done {
+			return io.EOF
+		}
+		_, r, err := rs.rc.do(rs.ctx, func(w *wire.Writer) error {
+			w.Reset(wire.Next)
+			w.Uint(rs.id)
+			return nil
+		})
+		if err != nil {
+			rs.done = true
+			delete(rs.rc.rows, rs)
+			return err
+		}
+		if err := rs.batch(r); err != nil {
+			rs.rc.close()
+			return err
+		}
+		if rs.done {
+			delete(rs.rc.rows, rs)
+		}
+	}
+	copy(dest, rs.buf[0])
+	rs.buf = rs.buf[1:]
+	return nil
+}
+
+// close ends the rows; the leader ends the statement (and commits an
+// autocommit write it made).
+func (rs *rrows) close() error {
+	if rs.aborted != nil {
+		return nil
+	}
+	rs.aborted = errors.New("dqlite: rows are closed")
+	rs.buf = nil
+	if rs.done {
+		return nil
+	}
+	rs.done = true
+	delete(rs.rc.rows, rs)
+	_, r, err := rs.rc.do(context.Background(), func(w *wire.Writer) error {
+		w.Reset(wire.CloseRows)
+		w.Uint(rs.id)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return r.End()
+}
+
+func (rs *rrows) ColumnTypeDatabaseTypeName(i int) string { return rs.decl[i] }
+
+func (rs *rrows) ColumnTypeScanType(i int) reflect.Type { return scanType(rs.kinds[i]) }
