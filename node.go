@@ -120,7 +120,7 @@ func New(cfg Config) (*Node, error) {
 		CheckpointFrames: uint32(cfg.CheckpointFrames),
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
-		SnapshotIndex: snaps.LatestIndex,
+		SnapshotIndex:    snaps.LatestIndex,
 		DiskError: func(error) {
 			n.diskErrAt.Store(time.Now().UnixNano())
 			select {

@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Clients, "clients", 3, "clients per workload")
 	fs.StringVar(&o.Dir, "dir", "", "run directory (default: dqlite-torture-SEED in the temporary directory; replaced if it exists)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the run directory even when every workload passed")
+	fs.BoolVar(&o.AnyNode, "any-node", false, "clients send requests to any node (followers forward writes; register reads are linearizable reads there), not to the leader")
 	fs.BoolVar(&o.LocalReads, "local-reads", false, "register reads each node's own copy: the negative control, which must fail the linearizability check")
 	fs.StringVar(&o.LogStore, "logstore", "", "the nodes' Raft log store, bolt or wal (default: chosen by the seed)")
 	fs.DurationVar(&o.CheckTimeout, "check-timeout", 5*time.Minute, "how long the linearizability check may take")

@@ -70,10 +70,10 @@ type DB struct {
 	opts *Options
 
 	mu      sync.Mutex
-	pending *pendingTx       // local transaction in flight, if any
-	errs    map[uint64]error // the real cause of a failed commit, per connection
+	pending *pendingTx        // local transaction in flight, if any
+	errs    map[uint64]error  // the real cause of a failed commit, per connection
 	commits map[uint64]uint64 // the Raft index of the last commit, per connection
-	settled chan struct{}    // closed, and replaced, whenever a statement returns
+	settled chan struct{}     // closed, and replaced, whenever a statement returns
 	nextTx  uint64
 	failed  error // set when this node's copy diverged
 

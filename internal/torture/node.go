@@ -462,10 +462,11 @@ func (nd *node) bankRead(ctx context.Context, q map[string]int64) reply {
 	return reply{OK: true, Values: vals}
 }
 
-// regRead reads a register. level=1 is the strongest read the library
-// offers: a write transaction on the leader that reads the key and bumps a
-// counter, so that it commits through Raft only if this node still led
-// when it read. level=0 reads this node's copy.
+// regRead reads a register. level=0 reads this node's copy; level=1 is a
+// write transaction (run on the leader) that reads the key and bumps a
+// counter, so that it commits through Raft only if its node still led when
+// it read; level=2 is a linearizable read of this node's copy
+// (dqlite.ReadLinearizable: a read index from the leader).
 func (nd *node) regRead(ctx context.Context, q map[string]int64) reply {
 	db, r := nd.open(ctx, "reg")
 	if r != nil {
@@ -481,11 +482,15 @@ func (nd *node) regRead(ctx context.Context, q map[string]int64) reply {
 		}
 		return reply{OK: true, Value: v, Found: true}, err
 	}
-	if q["level"] == 0 {
+	if q["level"] == 2 {
+		ctx = dqlite.WithReadLevel(ctx, dqlite.ReadLinearizable)
+	}
+	if q["level"] != 1 {
 		rep, err := read(db)
 		if err != nil {
 			return nd.fail(err, false)
 		}
+		rep.Leader = nd.leaderSlot() // whom this node believed led
 		return rep
 	}
 	return nd.tx(ctx, db, func(tx *sql.Tx) (reply, error) {

@@ -37,7 +37,11 @@ type Options struct {
 	// instead of the strongest read: the negative control, which the
 	// linearizability check must reject.
 	LocalReads bool
-	LogStore   string // the nodes' Config.LogStore
+	// AnyNode sends each client request to a node chosen at random, not
+	// to the leader: followers forward writes, and the register workload
+	// reads at the linearizable level on whichever node it asks.
+	AnyNode  bool
+	LogStore string // the nodes' Config.LogStore
 	// Dir is the run's directory: data directories, node logs and the
 	// history. It is removed after a run that passed unless Keep.
 	Dir  string
@@ -111,8 +115,8 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 	}
 	defer closeLog()
 	start := time.Now()
-	logf("torture: seed=%d nodes=%d duration=%v nemeses=%v workloads=%v logstore=%s local-reads=%v dir=%s",
-		o.Seed, o.Nodes, o.Duration, o.Nemeses, o.Workloads, o.LogStore, o.LocalReads, o.Dir)
+	logf("torture: seed=%d nodes=%d duration=%v nemeses=%v workloads=%v logstore=%s local-reads=%v any-node=%v dir=%s",
+		o.Seed, o.Nodes, o.Duration, o.Nemeses, o.Workloads, o.LogStore, o.LocalReads, o.AnyNode, o.Dir)
 
 	c, err := newCluster(o.Exe, o.Dir, o.Nodes, o.LogStore, logf)
 	if err != nil {
@@ -146,7 +150,7 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 		}
 		for i := 0; i < n; i++ {
 			seed++
-			r := &router{c: c, rng: rand.New(rand.NewSource(seed)), leader: -1}
+			r := &router{c: c, rng: rand.New(rand.NewSource(seed)), leader: -1, anyNode: o.AnyNode}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

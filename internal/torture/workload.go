@@ -25,6 +25,9 @@ type router struct {
 	c      *cluster
 	rng    *rand.Rand
 	leader int
+	// anyNode sends every request to a node chosen at random: followers
+	// forward writes to the leader.
+	anyNode bool
 }
 
 func (r *router) any() int {
@@ -47,6 +50,9 @@ func (r *router) target() int {
 // write sends a request that only the leader can serve.
 func (r *router) write(ctx context.Context, path string, q map[string]int64) (reply, outcome) {
 	t := r.target()
+	if r.anyNode {
+		t = r.any()
+	}
 	if t < 0 {
 		sleep(ctx, 50*time.Millisecond)
 		return reply{Err: "no node is up"}, failed
@@ -358,14 +364,18 @@ func (w *registerWorkload) client(ctx context.Context, r *router, id int) {
 		switch p := r.rng.Intn(10); {
 		case p < 5:
 			in.Op = "read"
-			if w.local {
+			if w.local || r.anyNode {
 				t := r.any()
 				if t < 0 {
 					sleep(ctx, 50*time.Millisecond)
 					continue
 				}
 				in.ReadSlot = t
-				rep, o = r.send(ctx, t, "/reg/read", map[string]int64{"k": key, "level": 0})
+				level := int64(2) // linearizable, on whichever node
+				if w.local {
+					level = 0
+				}
+				rep, o = r.send(ctx, t, "/reg/read", map[string]int64{"k": key, "level": level})
 			} else {
 				rep, o = r.write(ctx, "/reg/read", map[string]int64{"k": key, "level": 1})
 			}
