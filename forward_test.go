@@ -94,6 +94,27 @@ func TestForward_FollowerWrites(t *testing.T) {
 	}
 	o.record(3, errors.New("rolled back"))
 
+	// A transaction the leader's SQLite rolls back by itself stays failed:
+	// its later statements do not run as autocommit writes.
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO t (id, i) VALUES (4, 4)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT OR ROLLBACK INTO t (id) VALUES (1)`); !errors.Is(err, sqlite3.CONSTRAINT) {
+		t.Fatalf("INSERT OR ROLLBACK of a duplicate: %v", err)
+	}
+	if _, err := tx.Exec(`INSERT INTO t (id, i) VALUES (5, 5)`); err == nil {
+		t.Error("a statement after the leader rolled the transaction back ran")
+	}
+	if err := tx.Commit(); err == nil {
+		t.Error("Commit of a transaction the leader rolled back succeeded")
+	}
+	o.record(4, errors.New("rolled back"))
+	o.record(5, errors.New("rolled back"))
+
 	// Prepared statements, run many times.
 	st, err := db.Prepare(`INSERT INTO t (id, i) VALUES (?, ?)`)
 	if err != nil {

@@ -46,11 +46,13 @@ const (
 // state is what every answer but Welcome and Index starts with: whether
 // the connection on the leader is in a transaction, and the Raft index of
 // the transaction the request committed (0 if none).
-func (rc *rconn) state(r *wire.Reader) {
+func (rc *rconn) state(r *wire.Reader) (committed uint64) {
 	rc.inTx = r.Bool()
 	if i := r.Uint(); i != 0 {
 		rc.commit = i
+		return i
 	}
+	return 0
 }
 
 // kill cuts the session from any goroutine (Node.Close).
@@ -81,7 +83,6 @@ func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire
 		return 0, nil, rc.doomed
 	}
 	for {
-		fresh := false
 		if rc.s != nil && !rc.inTx && rc.s.idleBroken() {
 			rc.close()
 		}
@@ -93,7 +94,7 @@ func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire
 			if err != nil {
 				return 0, nil, err
 			}
-			rc.s, fresh = s, true
+			rc.s = s
 			rc.live.Store(s)
 		}
 		if err := build(&rc.s.w); err != nil {
@@ -112,32 +113,30 @@ func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire
 			if inTx {
 				return 0, nil, rc.doom(errRolledBack(err))
 			}
-			if fresh {
-				return 0, nil, errLost(err)
-			}
 			return 0, nil, errLost(err)
 		}
 		if typ != wire.Failure {
 			rc.state(r)
 			return typ, r, nil
 		}
-		rc.state(r)
+		committed := rc.state(r)
 		ferr := getError(r)
-		if errors.Is(ferr, errs.ErrNotLeader) && !inTx && !rc.inTx {
-			// Checked before anything ran: find the leader and send again.
+		if errors.Is(ferr, errs.ErrNotLeader) && !inTx && !rc.inTx && committed == 0 {
+			// Checked before anything ran, or a commit refused before
+			// anything replicated (and no earlier statement of a script
+			// committed): find the leader and send again.
 			rc.close()
 			if ctx.Err() != nil {
 				return 0, nil, ferr
 			}
 			continue
 		}
-		if inTx && !rc.inTx && !errors.Is(ferr, context.Canceled) {
-			// The leader rolled the transaction back (leadership lost, a
-			// statement that ends it on error): the rest must not run as
-			// autocommit statements.
-			if errors.Is(ferr, errs.ErrLeadershipLost) {
-				rc.doomed = ferr
-			}
+		if inTx && !rc.inTx {
+			// The leader's connection left the transaction on an error
+			// (leadership lost, an interrupt, INSERT OR ROLLBACK): it
+			// was rolled back, and the rest of it must not run as
+			// autocommit statements. Its end tells the leader so.
+			rc.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", ferr)
 		}
 		if ctx.Err() != nil && (errors.Is(ferr, context.Canceled) || isInterrupt(ferr)) {
 			return 0, nil, ctx.Err()
@@ -254,6 +253,12 @@ func (rc *rconn) end(t wire.Type) error {
 	if rc.doomed != nil {
 		err := rc.doomed
 		rc.doomed = nil
+		if rc.s != nil {
+			// The leader's connection holds the failure too: a rollback
+			// ends it there (it answers nil, or an error that changes
+			// nothing).
+			rc.simple(context.Background(), wire.Rollback, 0)
+		}
 		if t == wire.Rollback {
 			return nil
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -24,9 +25,9 @@ func (s StaleReads) String() string {
 // RunStaleReads reads from a leader deposed without knowing it: in each
 // round it writes value 1 to a register through the leader, stops the
 // leader (SIGSTOP) until another node leads, writes value 2 through that
-// node, resumes the old leader and at once reads the register there,
-// alternating local and linearizable reads, reads times. A linearizable
-// read must never return 1: value 2 was acknowledged before it began.
+// node, sends reads reads of the register to the stopped old leader, half
+// local and half linearizable, and resumes it. A linearizable read must
+// never return 1: value 2 was acknowledged before it began.
 func RunStaleReads(ctx context.Context, o Options, rounds, reads int) (StaleReads, error) {
 	var res StaleReads
 	if !supported {
@@ -78,28 +79,47 @@ func RunStaleReads(ctx context.Context, o Options, rounds, reads int) (StaleRead
 			_, o := call(next, "/reg/write", map[string]int64{"k": key, "v": 2})
 			written = o == ok
 		}
-		if err := c.resume(old); err != nil {
-			return res, err
-		}
 		if !written {
+			if err := c.resume(old); err != nil {
+				return res, err
+			}
 			logf("round %d: no write through a new leader while slot %d was stopped", round, old)
 			continue
 		}
-		res.Rounds++
+		// The reads are sent while the old leader is stopped: they wait in
+		// its sockets and run the moment it resumes, before it can hear
+		// of the new term.
+		type result struct {
+			level int64
+			rep   reply
+			o     outcome
+		}
+		results := make(chan result, reads)
+		var wg sync.WaitGroup
 		for i := range reads {
-			level := int64(0)
-			if i%2 == 1 {
-				level = 2
-			}
-			rep, o := call(old, "/reg/read", map[string]int64{"k": key, "level": level})
-			if i == 0 && rep.Leader == old {
-				res.BelievedLeader++
-			}
-			if o != ok {
+			level := int64(2 * (i % 2))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rep, o := call(old, "/reg/read", map[string]int64{"k": key, "level": level})
+				results <- result{level, rep, o}
+			}()
+		}
+		sleep(ctx, 200*time.Millisecond) // the requests reach the stopped process
+		if err := c.resume(old); err != nil {
+			return res, err
+		}
+		wg.Wait()
+		close(results)
+		res.Rounds++
+		believed := false
+		for r := range results {
+			if r.o != ok {
 				continue
 			}
-			stale := !rep.Found || rep.Value != 2
-			if level == 0 {
+			believed = believed || r.rep.Leader == old
+			stale := !r.rep.Found || r.rep.Value != 2
+			if r.level == 0 {
 				res.Local++
 				if stale {
 					res.LocalStale++
@@ -108,9 +128,12 @@ func RunStaleReads(ctx context.Context, o Options, rounds, reads int) (StaleRead
 				res.Lin++
 				if stale {
 					res.LinStale++
-					logf("round %d: linearizable read %d on slot %d returned %d (found %v) after 2 was acknowledged", round, i, old, rep.Value, rep.Found)
+					logf("round %d: a linearizable read on slot %d returned %d (found %v) after 2 was acknowledged", round, old, r.rep.Value, r.rep.Found)
 				}
 			}
+		}
+		if believed {
+			res.BelievedLeader++
 		}
 		logf("round %d: old leader slot %d, new leader slot %d: %s", round, old, next, res)
 	}
