@@ -30,14 +30,15 @@ func TestParseWorkloads(t *testing.T) {
 }
 
 // TestBench_SmokeJSON runs every workload briefly on this project's
-// cluster and local SQLite, and checks the JSON report.
+// cluster (through the leader, a follower and a remote client) and local
+// SQLite, and checks the JSON report.
 func TestBench_SmokeJSON(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-process cluster")
 	}
 	var out, errOut bytes.Buffer
 	code := mainErr(context.Background(), []string{"-json", "-duration", "300ms", "-dir", t.TempDir(),
-		"-systems", "dqlite-go,sqlite-normal,rqlite"}, &out, &errOut)
+		"-systems", "dqlite-go,dqlite-go/follower,dqlite-go/remote,sqlite-normal,rqlite"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, errOut.String())
 	}
@@ -45,14 +46,18 @@ func TestBench_SmokeJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if len(rep.Systems) < 2 {
+	if len(rep.Systems) < 4 {
 		t.Fatalf("systems: %+v", rep.Systems)
 	}
 	for _, s := range rep.Systems {
-		if s.Err != "" || len(s.Results) != 5 {
+		if s.Err != "" || len(s.Results) != 6 {
 			t.Errorf("%s: %d results, error %q", s.Name, len(s.Results), s.Err)
 		}
 		for _, r := range s.Results {
+			if r.Unsupported {
+				t.Errorf("%s %s: not supported", s.Name, r.Workload)
+				continue
+			}
 			if r.Ops == 0 || r.Errors != 0 || r.P99Ms < r.P50Ms {
 				t.Errorf("%s %s: %+v", s.Name, r.Workload, r)
 			}

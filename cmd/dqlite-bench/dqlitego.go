@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,10 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/godqlite/dqlite"
 	"github.com/godqlite/dqlite/cmd/dqlite-bench/workload"
+	"github.com/godqlite/dqlite/driver"
 )
 
 // nodeFlag, as the first argument, runs the binary as a node of this
@@ -24,22 +27,45 @@ import (
 const nodeFlag = "-node"
 
 // thisProject is a cluster of this library, each node its own process,
-// like the peers' nodes. Workloads run on the leader's own *sql.DB.
+// like the peers' nodes. Workloads run, by via, on the leader's own
+// *sql.DB (""), on a follower's ("follower": writes are forwarded to the
+// leader, reads stay local), or in the benchmark's process as a remote
+// client of the cluster ("remote": everything runs on the leader).
 type thisProject struct {
 	nodes    int
 	logStore string
+	via      string
 	agents   []*agent
 	leader   *agent
+	runner   *agent // where workloads run, unless remote
+	addrs    []string
+
+	remote *sql.DB
+	ops    workload.Ops
+	nextID atomic.Int64
 }
 
-func (p *thisProject) Name() string { return "dqlite-go" }
+func (p *thisProject) Name() string {
+	if p.via == "" {
+		return "dqlite-go"
+	}
+	return "dqlite-go/" + p.via
+}
 
 func (p *thisProject) Durability() string {
 	kind := "BoltDB"
 	if p.logStore == "wal" {
 		kind = "raft-wal"
 	}
-	return fmt.Sprintf("%d processes; Raft log (%s) fsynced on every commit, quorum of %d", p.nodes, kind, p.nodes/2+1)
+	via := "on the leader's *sql.DB"
+	switch p.via {
+	case "follower":
+		via = "on a follower's *sql.DB (writes forwarded to the leader, reads local)"
+	case "remote":
+		via = "as a remote client (dqlite:// data source name; everything on the leader)"
+	}
+	return fmt.Sprintf("%d processes; Raft log (%s) fsynced on every commit, quorum of %d; %s; linread: dqlite.ReadLinearizable",
+		p.nodes, kind, p.nodes/2+1, via)
 }
 
 func (p *thisProject) Start(ctx context.Context, dir string) error {
@@ -61,6 +87,7 @@ func (p *thisProject) Start(ctx context.Context, dir string) error {
 		}
 		files = append(files, f)
 		peers = append(peers, fmt.Sprintf("%d=%s", i+1, l.Addr()))
+		p.addrs = append(p.addrs, l.Addr().String())
 	}
 	defer func() {
 		for _, f := range files {
@@ -86,17 +113,55 @@ func (p *thisProject) Start(ctx context.Context, dir string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	_, err = p.leader.ask(workload.Command{Cmd: "prepare"})
-	return err
+	if _, err := p.leader.ask(workload.Command{Cmd: "prepare"}); err != nil {
+		return err
+	}
+	p.runner = p.leader
+	switch p.via {
+	case "follower":
+		for _, a := range p.agents {
+			if a != p.leader {
+				p.runner = a
+				break
+			}
+		}
+		_, err = p.runner.ask(workload.Command{Cmd: "prepare"})
+		return err
+	case "remote":
+		p.remote, err = sql.Open(driver.Name, "dqlite://"+strings.Join(p.addrs, ",")+"/bench.db")
+		if err != nil {
+			return err
+		}
+		p.remote.SetMaxIdleConns(64)
+		p.ops = workload.SQLOps(p.remote, func(error) bool { return false }, linearizable)
+		return nil
+	}
+	return nil
+}
+
+// linearizable is this project's linearizable read level.
+func linearizable(ctx context.Context) context.Context {
+	return dqlite.WithReadLevel(ctx, dqlite.ReadLinearizable)
 }
 
 func (p *thisProject) Run(ctx context.Context, w workload.Workload) (workload.Result, error) {
-	r, err := p.leader.ask(workload.Command{Cmd: "run", Workload: w})
+	if p.remote != nil {
+		id, err := workload.MaxID(p.remote)(linearizable(ctx))
+		if err != nil {
+			return workload.Result{}, err
+		}
+		p.nextID.Store(id)
+		return workload.Run(ctx, w, p.ops, &p.nextID), nil
+	}
+	r, err := p.runner.ask(workload.Command{Cmd: "run", Workload: w})
 	return r.Result, err
 }
 
 func (p *thisProject) Stop() error {
 	var errList []error
+	if p.remote != nil {
+		errList = append(errList, p.remote.Close())
+	}
 	for _, a := range p.agents {
 		errList = append(errList, a.stop(10*time.Second))
 	}
@@ -123,7 +188,10 @@ func runNode(args []string) int {
 		if _, err := db.ExecContext(ctx, workload.Schema); err != nil {
 			return workload.Ops{}, nil, err
 		}
-		return workload.SQLOps(db, func(error) bool { return false }), workload.MaxID(db), nil
+		// The largest ID of rows another node may have written just now:
+		// a linearizable read sees them.
+		maxID := func(ctx context.Context) (int64, error) { return workload.MaxID(db)(linearizable(ctx)) }
+		return workload.SQLOps(db, func(error) bool { return false }, linearizable), maxID, nil
 	})
 	if err != nil {
 		return fail(err)

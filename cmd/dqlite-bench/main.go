@@ -1,15 +1,18 @@
 // Command dqlite-bench measures this project beside plain SQLite, dqlite
 // and rqlite, in one run, with the same schema and keys for every system.
 //
-//	go run ./cmd/dqlite-bench [-duration 5s] [-workloads insert/1,insert/8,batch/1,read/1,read/8]
-//	                          [-systems dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3]
+//	go run ./cmd/dqlite-bench [-duration 5s] [-workloads insert/1,insert/8,batch/1,read/1,read/8,linread/1]
+//	                          [-systems dqlite-go,dqlite-go/follower,dqlite-go/remote,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3]
 //	                          [-logstore bolt|wal] [-json]
 //
 //	go run ./cmd/dqlite-bench -workloads scale -size 1GiB [-duration 60s]
 //
 // Workloads: insert (1-row INSERT transactions), batch (100-row
-// transactions), read (point SELECT by primary key over 10k rows), each
-// with N concurrent clients. Peers are used when their programs are on
+// transactions), read (point SELECT by primary key over 10k rows), linread
+// (the same read at the system's linearizable level: n/a where it has
+// none), each with N concurrent clients. This project runs three ways:
+// on the leader's *sql.DB (dqlite-go), on a follower's (writes forwarded),
+// and as a remote client from the benchmark's process. Peers are used when their programs are on
 // PATH (rqlited; dqlite-demo of go-dqlite v1.11); a missing peer is
 // skipped with a line saying how to install it.
 //
@@ -64,8 +67,8 @@ func parseWorkloads(s string, d time.Duration) ([]workload.Workload, error) {
 	for _, f := range strings.Split(s, ",") {
 		kind, clients, ok := strings.Cut(strings.TrimSpace(f), "/")
 		n, err := strconv.Atoi(clients)
-		if !ok || err != nil || n < 1 || (kind != "insert" && kind != "batch" && kind != "read") {
-			return nil, fmt.Errorf("workload %q: want insert/N, batch/N or read/N", f)
+		if !ok || err != nil || n < 1 || (kind != "insert" && kind != "batch" && kind != "read" && kind != "linread") {
+			return nil, fmt.Errorf("workload %q: want insert/N, batch/N, read/N or linread/N", f)
 		}
 		ws = append(ws, workload.Workload{Kind: kind, Clients: n, Duration: d})
 	}
@@ -75,6 +78,8 @@ func parseWorkloads(s string, d time.Duration) ([]workload.Workload, error) {
 func allSystems(nodes int, logStore string) []System {
 	return []System{
 		&thisProject{nodes: nodes, logStore: logStore},
+		&thisProject{nodes: nodes, logStore: logStore, via: "follower"},
+		&thisProject{nodes: nodes, logStore: logStore, via: "remote"},
 		&clientSystem{opsStarter: &localSQLite{sync: "full"}},
 		&clientSystem{opsStarter: &localSQLite{sync: "normal"}},
 		&dqlitePeer{nodes: nodes},
@@ -88,8 +93,8 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dqlite-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	duration := fs.Duration("duration", 5*time.Second, "how long each workload runs")
-	workloads := fs.String("workloads", "insert/1,insert/8,batch/1,read/1,read/8", "workloads to run, kind/clients")
-	systems := fs.String("systems", "dqlite-go,sqlite-full,sqlite-normal,dqlite,rqlite", "systems to measure")
+	workloads := fs.String("workloads", "insert/1,insert/8,batch/1,read/1,read/8,linread/1", "workloads to run, kind/clients")
+	systems := fs.String("systems", "dqlite-go,dqlite-go/follower,dqlite-go/remote,sqlite-full,sqlite-normal,dqlite,rqlite", "systems to measure")
 	nodes := fs.Int("nodes", 3, "nodes per replicated system")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	logStore := fs.String("logstore", "bolt", "this project's Raft log store: bolt or wal")
@@ -157,7 +162,7 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		sr := systemReport{Name: sys.Name(), Durability: sys.Durability()}
 		fmt.Fprintf(stderr, "%s: starting\n", sys.Name())
-		sdir, _ := os.MkdirTemp(*dir, sys.Name()+"-")
+		sdir, _ := os.MkdirTemp(*dir, strings.ReplaceAll(sys.Name(), "/", "-")+"-")
 		if err := sys.Start(ctx, sdir); err != nil {
 			sys.Stop()
 			if isPeer(sys.Name()) && errors.Is(err, errNotInstalled) {
@@ -180,6 +185,11 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				sr.Err = err.Error()
 				fmt.Fprintf(stderr, "%s: %s: %v\n", sys.Name(), w, err)
 				break
+			}
+			if r.Unsupported {
+				fmt.Fprintf(stderr, "%s: %s: not supported\n", sys.Name(), w)
+				sr.Results = append(sr.Results, r)
+				continue
 			}
 			fmt.Fprintf(stderr, "%s: %s: %.0f ops/s, p50 %.2fms, p99 %.2fms, %d errors, %d retries\n",
 				sys.Name(), w, r.OpsPerS, r.P50Ms, r.P99Ms, r.Errors, r.Retries)
@@ -223,11 +233,15 @@ func printTable(w io.Writer, rep report, ws []workload.Workload) {
 				continue
 			}
 			r := s.Results[i]
+			if r.Unsupported {
+				line += "n/a\t"
+				continue
+			}
 			v := r.OpsPerS
 			unit := "tx/s"
 			if wl.Kind == "batch" {
 				v, unit = r.RowsPerS, "rows/s"
-			} else if wl.Kind == "read" {
+			} else if wl.Kind == "read" || wl.Kind == "linread" {
 				unit = "reads/s"
 			}
 			line += fmt.Sprintf("%.0f %s (p50 %.2f p99 %.2f ms", v, unit, r.P50Ms, r.P99Ms)

@@ -33,7 +33,7 @@ const rqliteInstall = "rqlited not found on PATH: build github.com/rqlite/rqlite
 func (r *rqlite) Name() string { return "rqlite" }
 
 func (r *rqlite) Durability() string {
-	return fmt.Sprintf("%d processes; Raft log (BoltDB) fsynced on every commit, quorum of %d; reads level=weak", r.nodes, r.nodes/2+1)
+	return fmt.Sprintf("%d processes; Raft log (BoltDB) fsynced on every commit, quorum of %d; reads level=weak (read), linearizable (linread)", r.nodes, r.nodes/2+1)
 }
 
 func (r *rqlite) Start(ctx context.Context, dir string) (workload.Ops, error) {
@@ -73,22 +73,26 @@ func (r *rqlite) Start(ctx context.Context, dir string) (workload.Ops, error) {
 			}
 			return r.execute(ctx, true, stmts)
 		},
-		Read: func(ctx context.Context, id int64) error {
-			var res struct {
-				Results []struct {
-					Values [][]any `json:"values"`
-					Error  string  `json:"error"`
-				} `json:"results"`
-			}
-			if err := r.post(ctx, "/db/query?level=weak", [][]any{{`SELECT v FROM bench WHERE id = ?`, id}}, &res); err != nil {
-				return err
-			}
-			if len(res.Results) != 1 || res.Results[0].Error != "" || len(res.Results[0].Values) != 1 {
-				return fmt.Errorf("rqlite query: %+v", res)
-			}
-			return nil
-		},
+		Read:    func(ctx context.Context, id int64) error { return r.read(ctx, "weak", id) },
+		LinRead: func(ctx context.Context, id int64) error { return r.read(ctx, "linearizable", id) },
 	}, nil
+}
+
+// read selects row id at an rqlite read level.
+func (r *rqlite) read(ctx context.Context, level string, id int64) error {
+	var res struct {
+		Results []struct {
+			Values [][]any `json:"values"`
+			Error  string  `json:"error"`
+		} `json:"results"`
+	}
+	if err := r.post(ctx, "/db/query?level="+level, [][]any{{`SELECT v FROM bench WHERE id = ?`, id}}, &res); err != nil {
+		return err
+	}
+	if len(res.Results) != 1 || res.Results[0].Error != "" || len(res.Results[0].Values) != 1 {
+		return fmt.Errorf("rqlite query: %+v", res)
+	}
+	return nil
 }
 
 // findLeader waits until every node is ready and notes the leader's HTTP

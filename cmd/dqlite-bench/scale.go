@@ -120,7 +120,7 @@ func runScaleNode(args []string) int {
 				var id int64
 				if id, err = workload.MaxID(db)(ctx); err == nil {
 					nextID.Store(id)
-					r.Result = workload.Run(ctx, c.Workload, workload.SQLOps(db, func(error) bool { return false }), &nextID)
+					r.Result = workload.Run(ctx, c.Workload, workload.SQLOps(db, func(error) bool { return false }, nil), &nextID)
 				}
 			}
 		case "add":

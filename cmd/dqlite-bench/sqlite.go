@@ -38,7 +38,9 @@ func (s *localSQLite) Start(ctx context.Context, dir string) (workload.Ops, erro
 	if _, err := db.ExecContext(ctx, workload.Schema); err != nil {
 		return workload.Ops{}, err
 	}
-	return workload.SQLOps(db, func(err error) bool { return errors.Is(err, sqlite3.BUSY) }), nil
+	// One copy: every read of it is linearizable.
+	same := func(ctx context.Context) context.Context { return ctx }
+	return workload.SQLOps(db, func(err error) bool { return errors.Is(err, sqlite3.BUSY) }, same), nil
 }
 
 func (s *localSQLite) Stop() error { return s.db.Close() }

@@ -125,7 +125,7 @@ func prepare(addrs []string) func(ctx context.Context) (workload.Ops, func(conte
 			var de driver.Error
 			return (errors.As(err, &de) && de.Code&0xff == 5) || strings.Contains(err.Error(), "database is locked")
 		}
-		return workload.SQLOps(db, busy), workload.MaxID(db), nil
+		return workload.SQLOps(db, busy, nil), workload.MaxID(db), nil
 	}
 }
 

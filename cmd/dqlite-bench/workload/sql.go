@@ -14,8 +14,10 @@ const Schema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT
 const Value = "a short row of text, the same for every system"
 
 // SQLOps runs the workloads through database/sql. retry says which errors
-// mean "try again" for this system.
-func SQLOps(db *sql.DB, retry func(error) bool) Ops {
+// mean "try again" for this system. linearizable, if not nil, gives a
+// read's context the system's linearizable read level; without it the
+// system has no LinRead.
+func SQLOps(db *sql.DB, retry func(error) bool, linearizable func(context.Context) context.Context) Ops {
 	wrap := func(err error) error {
 		if err != nil && retry(err) {
 			return fmt.Errorf("%w: %v", ErrRetry, err)
@@ -35,14 +37,19 @@ func SQLOps(db *sql.DB, retry func(error) bool) Ops {
 		}
 		return wrap(tx.Commit())
 	}
-	return Ops{
+	read := func(ctx context.Context, id int64) error {
+		var v string
+		return wrap(db.QueryRowContext(ctx, `SELECT v FROM bench WHERE id = ?`, id).Scan(&v))
+	}
+	ops := Ops{
 		Insert: func(ctx context.Context, id int64) error { return insert(ctx, []int64{id}) },
 		Batch:  insert,
-		Read: func(ctx context.Context, id int64) error {
-			var v string
-			return wrap(db.QueryRowContext(ctx, `SELECT v FROM bench WHERE id = ?`, id).Scan(&v))
-		},
+		Read:   read,
 	}
+	if linearizable != nil {
+		ops.LinRead = func(ctx context.Context, id int64) error { return read(linearizable(ctx), id) }
+	}
+	return ops
 }
 
 // MaxID returns the largest row ID in the table.

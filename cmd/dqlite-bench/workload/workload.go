@@ -21,7 +21,7 @@ import (
 // Workload is one measurement: a kind of operation, run by Clients
 // goroutines for Duration.
 type Workload struct {
-	Kind     string        `json:"kind"` // insert, batch or read
+	Kind     string        `json:"kind"` // insert, batch, read or linread
 	Clients  int           `json:"clients"`
 	Duration time.Duration `json:"duration"`
 }
@@ -51,6 +51,9 @@ type Result struct {
 	P99Ms    float64 `json:"p99_ms"`
 	Errors   int64   `json:"errors"`
 	Retries  int64   `json:"retries"`
+	// Unsupported: the system has no such operation (a linearizable
+	// read); nothing was measured.
+	Unsupported bool `json:"unsupported,omitempty"`
 }
 
 // ErrRetry marks an operation that the system refused for now (a busy
@@ -63,10 +66,15 @@ type Ops struct {
 	Insert func(ctx context.Context, id int64) error
 	Batch  func(ctx context.Context, ids []int64) error
 	Read   func(ctx context.Context, id int64) error
+	// LinRead is a linearizable read (nil where the system has none).
+	LinRead func(ctx context.Context, id int64) error
 }
 
 // run measures workload w over ops. nextID hands out fresh row IDs.
 func Run(ctx context.Context, w Workload, ops Ops, nextID *atomic.Int64) Result {
+	if w.Kind == "linread" && ops.LinRead == nil {
+		return Result{Workload: w.String(), Unsupported: true}
+	}
 	ctx, cancel := context.WithTimeout(ctx, w.Duration)
 	defer cancel()
 	var (
@@ -129,6 +137,8 @@ func do(ctx context.Context, kind string, ops Ops, nextID *atomic.Int64) error {
 		return ops.Batch(ctx, ids)
 	case "read":
 		return ops.Read(ctx, 1+rand.Int64N(ReadRows))
+	case "linread":
+		return ops.LinRead(ctx, 1+rand.Int64N(ReadRows))
 	}
 	return fmt.Errorf("unknown workload %q", kind)
 }
@@ -202,7 +212,11 @@ func Serve(in io.Reader, out io.Writer, leader func() bool, prepare func(ctx con
 			var o Ops
 			if o, maxID, err = prepare(ctx); err == nil {
 				ops = &o
-				err = Prefill(ctx, o, &nextID)
+				var id int64
+				if id, err = maxID(ctx); err == nil { // another agent may have filled the table
+					nextID.Store(id)
+					err = Prefill(ctx, o, &nextID)
+				}
 			}
 		case "run":
 			if ops == nil {
