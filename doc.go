@@ -20,11 +20,16 @@
 //     Bootstrap a new cluster once, with the same peers on every initial
 //     member (Config.Cluster, or Node.Bootstrap when ports are chosen at
 //     run time). Restart a node on its data directory to rejoin.
-//   - Write on the leader. On any other node a statement that writes fails
-//     before it runs with an error matching ErrNotLeader; a *NotLeaderError
-//     names the leader, where the application can send the write. Reads
-//     work on every node and see only committed transactions (a follower
-//     may lag behind the leader).
+//   - Write on any node: a follower runs each write transaction, whole,
+//     on the leader (Node.OpenWith with DBOptions.NoForwarding turns that
+//     off: writes there then fail with an error matching ErrNotLeader,
+//     whose *NotLeaderError names the leader). Reads run on the node's
+//     own copy and see only committed transactions; what was written
+//     through a node, that node reads back at once. A follower may lag
+//     behind writes made through other nodes: carry a commit index
+//     (WithCommitIndex, WithAfter), or read at ReadLinearizable
+//     (WithReadLevel), where that matters. Programs that are no member of
+//     the cluster open "dqlite://host:port,…/name" with database/sql.
 //   - Treat ErrLeadershipLost and ErrNoQuorum on Commit as "outcome
 //     unknown": the transaction is then either on every node or on none,
 //     and the cluster settles which once a quorum is back. Other errors

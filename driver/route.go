@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
@@ -67,6 +68,9 @@ func (c *conn) routeExec(query string, hasArgs bool) bool {
 		return true
 	case "COMMIT", "END", "ROLLBACK", "RELEASE":
 		return false // nothing of ours is open on the leader
+	}
+	if localOnly(query) {
+		return false
 	}
 	c.running = firstKeyword(query)
 	defer func() { c.running = "" }()
@@ -203,9 +207,17 @@ func (s *stmt) onLeader() bool {
 	case c.inTx:
 		return false
 	case s.s == nil || !s.readOnly:
-		return c.forwarding()
+		return !localOnly(s.query) && c.forwarding()
 	}
 	return false
+}
+
+// localOnly reports whether query writes only this node's files, and so is
+// never forwarded: VACUUM INTO a file (a local backup; on a follower it
+// fails with ErrNotLeader, as every statement SQLite does not call
+// read-only does there).
+func localOnly(query string) bool {
+	return firstKeyword(query) == "VACUUM" && strings.Contains(strings.ToUpper(query), "INTO")
 }
 
 // fwdRows are forwarded rows, as database/sql sees them.

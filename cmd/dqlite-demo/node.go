@@ -160,10 +160,12 @@ func insertLoop(ctx context.Context, node *dqlite.Node, id, run int, out *emitte
 		switch {
 		case err == nil:
 			out.emit(event{Type: "ack", Node: id, Run: run, N: n})
-		case errors.As(err, &nl):
-			// Not the leader: nothing ran. Say where the write would go, then wait.
-			if int(nl.LeaderID) != lastLeader {
-				lastLeader = int(nl.LeaderID)
+		case errors.As(err, &nl), errors.Is(err, dqlite.ErrNoLeader):
+			// No leader to forward the write to (an election is under
+			// way): nothing ran. Say whom this node believes leads, then
+			// wait.
+			if l, _ := node.Leader(); int(l) != lastLeader {
+				lastLeader = int(l)
 				out.emit(event{Type: "redirect", Node: id, Leader: lastLeader})
 			}
 			sleep(ctx, 200*time.Millisecond)

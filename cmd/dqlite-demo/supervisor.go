@@ -143,9 +143,9 @@ func (s *supervisor) handle(ev event, acks *int) {
 		}
 	case "redirect":
 		if ev.Leader == 0 {
-			s.logf("node %d: not the leader, no leader known: waiting", ev.Node)
+			s.logf("node %d: no leader to forward writes to: waiting", ev.Node)
 		} else {
-			s.logf("node %d: not the leader: writes go to node %d", ev.Node, ev.Leader)
+			s.logf("node %d: no answer from the leader yet (node %d): waiting", ev.Node, ev.Leader)
 		}
 	case "snapshot":
 		s.snapshots++
