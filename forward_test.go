@@ -2,6 +2,7 @@ package dqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"strings"
 	"testing"
@@ -229,4 +230,80 @@ func TestForward_NoSuchTable(t *testing.T) {
 	o.record(4, err)
 	c.net.heal()
 	c.check("nt.db", `SELECT id FROM u`, o)
+}
+
+// TestForward_LeaderChangeMidTransaction: a follower's transaction, open on
+// the leader when leadership moves, fails with ErrLeadershipLost at its
+// next statement and at Commit, as it would on the leader; nothing of it
+// is applied, and the next transaction runs on the new leader.
+func TestForward_LeaderChangeMidTransaction(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	f := c.follower(l)
+	db := c.db(f, "mid.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	o := newOutcome()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	third := 3 - l - f
+	c.transferLeadership(third)
+	_, err = tx.Exec(`INSERT INTO t VALUES (2)`)
+	if !errors.Is(err, ErrLeadershipLost) {
+		t.Errorf("statement after the leader changed: %v, want ErrLeadershipLost", err)
+	}
+	if err := tx.Commit(); err == nil {
+		t.Error("Commit after the leader changed succeeded")
+	}
+	o.record(1, errors.New("rolled back with the old leader's connection"))
+	o.record(2, errors.New("never ran"))
+	if _, err := db.Exec(`INSERT INTO t VALUES (3)`); err != nil {
+		t.Fatalf("next write through the follower: %v", err)
+	}
+	o.record(3, nil)
+	c.check("mid.db", `SELECT id FROM t`, o)
+}
+
+// TestForward_NodeClosesWithSessionsOpen closes a follower while its
+// connections hold transactions open on the leader, and the leader while
+// followers' transactions are open on it: every call returns, nothing is
+// left running (TestMain checks goroutines and files), and nothing of the
+// open transactions is applied.
+func TestForward_NodeClosesWithSessionsOpen(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	f := c.follower(l)
+	third := 3 - l - f
+	mustExec(t, c.db(l, "cl.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	o := newOutcome()
+	open := func(i int, id int64) *sql.Tx {
+		tx, err := c.db(i, "cl.db").Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`INSERT INTO t VALUES (?)`, id); err != nil {
+			t.Fatal(err)
+		}
+		o.record(id, errors.New("never committed"))
+		return tx
+	}
+	txF := open(f, 1)
+	c.stop(f) // its session to the leader goes; the leader rolls back
+	if err := txF.Commit(); err == nil {
+		t.Error("Commit on a closed node succeeded")
+	}
+	txT := open(third, 2)
+	c.stop(l) // the other follower's transaction was open there
+	if _, err := txT.Exec(`INSERT INTO t VALUES (3)`); err == nil {
+		t.Error("statement after the leader closed succeeded")
+	}
+	o.record(3, errors.New("never ran"))
+	txT.Rollback()
+	c.restart(l)
+	c.restart(f)
+	c.check("cl.db", `SELECT id FROM t`, o)
 }

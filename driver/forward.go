@@ -77,8 +77,10 @@ func (rc *rconn) close() {
 }
 
 // do sends the request that build writes and returns the answer, once it
-// is not a Failure; the state the answer carries is read.
-func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire.Type, *wire.Reader, error) {
+// is not a Failure; the state the answer carries is read. ends says that
+// the request ends the transaction on purpose (COMMIT, ROLLBACK): its
+// failure does not doom what follows.
+func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) error) (wire.Type, *wire.Reader, error) {
 	if rc.doomed != nil {
 		return 0, nil, rc.doomed
 	}
@@ -131,7 +133,7 @@ func (rc *rconn) do(ctx context.Context, build func(w *wire.Writer) error) (wire
 			}
 			continue
 		}
-		if inTx && !rc.inTx {
+		if inTx && !rc.inTx && !ends {
 			// The leader's connection left the transaction on an error
 			// (leadership lost, an interrupt, INSERT OR ROLLBACK): it
 			// was rolled back, and the rest of it must not run as
@@ -177,7 +179,7 @@ func (rc *rconn) readFlags(ctx context.Context) uint64 {
 
 // exec runs a statement, or a script without arguments, on the leader.
 func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, endsTx(query), func(w *wire.Writer) error {
 		w.Reset(wire.Exec)
 		w.Uint(rc.readFlags(ctx))
 		w.Uint(afterOf(ctx))
@@ -193,7 +195,7 @@ func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValu
 
 // query runs a statement on the leader and returns its rows.
 func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedValue) (*rrows, error) {
-	typ, r, err := rc.do(ctx, func(w *wire.Writer) error {
+	typ, r, err := rc.do(ctx, false, func(w *wire.Writer) error {
 		w.Reset(wire.Query)
 		w.Uint(rc.readFlags(ctx))
 		w.Uint(afterOf(ctx))
@@ -228,7 +230,7 @@ func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedVal
 
 // simple sends a request of type t with no body but flags and an index.
 func (rc *rconn) simple(ctx context.Context, t wire.Type, v uint64) error {
-	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, t == wire.Commit || t == wire.Rollback, func(w *wire.Writer) error {
 		w.Reset(t)
 		w.Uint(v)
 		w.Uint(afterOf(ctx))
@@ -280,7 +282,7 @@ func (rc *rconn) end(t wire.Type) error {
 // readIndex asks the leader for a read index: the index of the last entry
 // it applied, once a heartbeat round confirmed that it still leads.
 func (rc *rconn) readIndex(ctx context.Context) (uint64, error) {
-	_, r, err := rc.do(ctx, func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, false, func(w *wire.Writer) error {
 		w.Reset(wire.ReadIndex)
 		return nil
 	})
@@ -336,7 +338,7 @@ func (rs *rrows) next(dest []driver.Value) error {
 		if rs.done {
 			return io.EOF
 		}
-		_, r, err := rs.rc.do(rs.ctx, func(w *wire.Writer) error {
+		_, r, err := rs.rc.do(rs.ctx, false, func(w *wire.Writer) error {
 			w.Reset(wire.Next)
 			w.Uint(rs.id)
 			return nil
@@ -372,7 +374,7 @@ func (rs *rrows) close() error {
 	}
 	rs.done = true
 	delete(rs.rc.rows, rs)
-	_, r, err := rs.rc.do(context.Background(), func(w *wire.Writer) error {
+	_, r, err := rs.rc.do(context.Background(), false, func(w *wire.Writer) error {
 		w.Reset(wire.CloseRows)
 		w.Uint(rs.id)
 		return nil
