@@ -39,6 +39,8 @@ type Node struct {
 	done       chan struct{}
 	unregister func()
 	wg         sync.WaitGroup
+	up         chan struct{} // closed when New returns: clients are served once upOK
+	upOK       atomic.Bool
 	serveCtx   context.Context // of client protocol sessions; cancelled by Close
 	stopServe  context.CancelFunc
 	writeFloor atomic.Uint64 // highest index of a write forwarded through this node
@@ -67,7 +69,7 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, notifyCh: make(chan bool, 16), diskErr: make(chan struct{}, 1), done: make(chan struct{}),
+	n := &Node{cfg: cfg, notifyCh: make(chan bool, 16), diskErr: make(chan struct{}, 1), done: make(chan struct{}), up: make(chan struct{}),
 		conns: map[uint64]driver.Aborter{}}
 	var cleanup []func()
 	fail := func(err error) (*Node, error) {
@@ -151,7 +153,15 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.stream = stream
 	n.serveCtx, n.stopServe = context.WithCancel(context.Background())
-	stream.serve = func(c net.Conn) { driver.Serve(n.serveCtx, c, backend{n}) }
+	stream.serve = func(c net.Conn) {
+		// A client may connect while New is still building the node.
+		<-n.up
+		if !n.upOK.Load() {
+			c.Close()
+			return
+		}
+		driver.Serve(n.serveCtx, c, backend{n})
+	}
 	stream.start()
 	// No pipelined replication (MaxRPCsInFlight 1): in hashicorp/raft
 	// v1.7.3 a follower that refuses an append can leave the leader's
@@ -162,6 +172,7 @@ func New(cfg Config) (*Node, error) {
 		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog, MaxRPCsInFlight: 1,
 	})
 	cleanup = append(cleanup, func() { n.trans.Close() })
+	cleanup = append(cleanup, func() { close(n.up) }) // before the transport closes: it waits for serve
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(strconv.FormatUint(uint64(cfg.ID), 10))
@@ -202,6 +213,8 @@ func New(cfg Config) (*Node, error) {
 	n.wg.Add(1)
 	go n.watchLeadership()
 	n.unregister = driver.RegisterBackend(n.Address(), backend{n})
+	n.upOK.Store(true)
+	close(n.up)
 	return n, nil
 }
 
