@@ -307,3 +307,46 @@ func TestForward_NodeClosesWithSessionsOpen(t *testing.T) {
 	c.restart(f)
 	c.check("cl.db", `SELECT id FROM t`, o)
 }
+
+// TestForward_FollowsLeadershipTransfer: connections whose sessions are
+// open to a leader that hands leadership on write through the new one at
+// their next transaction: the old leader refuses what starts outside a
+// transaction (nothing ran), and the client finds the new leader.
+func TestForward_FollowsLeadershipTransfer(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "tr.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	o := newOutcome()
+	id := int64(0)
+	write := func(i int) error {
+		id++
+		db := c.db(i, "tr.db")
+		tx, err := db.Begin()
+		if err == nil {
+			if _, err = tx.Exec(`INSERT INTO t VALUES (?)`, id); err == nil {
+				err = tx.Commit()
+			} else {
+				tx.Rollback()
+			}
+		}
+		o.record(id, err)
+		return err
+	}
+	for i := range 3 {
+		c.db(i, "tr.db").SetMaxOpenConns(1) // the same connection, and session, every time
+		if err := write(i); err != nil {
+			t.Fatalf("node %d: %v", i+1, err)
+		}
+	}
+	for range 2 {
+		c.transferLeadership(c.follower(c.waitLeader()))
+		for i := range 3 {
+			for range 3 {
+				if err := write(i); err != nil {
+					t.Errorf("node %d after the leadership moved: %v", i+1, err)
+				}
+			}
+		}
+	}
+	c.check("tr.db", `SELECT id FROM t`, o)
+}

@@ -133,6 +133,16 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 			}
 			continue
 		}
+		if errors.Is(ferr, errs.ErrNotLeader) && (inTx || rc.inTx) {
+			// This node no longer leads: the transaction cannot commit
+			// here. It is doomed, and the session ends (the node rolls
+			// back); the next transaction finds the leader.
+			rc.close()
+			if !ends {
+				rc.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", ferr)
+			}
+			return 0, nil, ferr
+		}
 		if inTx && !rc.inTx && !ends {
 			// The leader's connection left the transaction on an error
 			// (leadership lost, an interrupt, INSERT OR ROLLBACK): it

@@ -131,6 +131,22 @@ func (sv *server) handle(ctx context.Context, t wire.Type, r *wire.Reader) bool 
 	}
 	var err error
 	switch t {
+	case wire.Exec, wire.Query, wire.Begin, wire.ReadIndex:
+		// What starts outside a transaction runs only on the leader: a
+		// node that lost leadership would begin a read transaction whose
+		// first write fails, or serve its own, older, copy. The client
+		// finds the leader again (nothing ran).
+		sv.c.mu.Lock()
+		inTx := sv.c.inTx
+		sv.c.mu.Unlock()
+		if !inTx {
+			if err := sv.b.CheckLeader(); err != nil {
+				sv.fail(err)
+				return true
+			}
+		}
+	}
+	switch t {
 	case wire.Exec:
 		err = sv.exec(ctx, r)
 	case wire.Query:
