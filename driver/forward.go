@@ -112,9 +112,10 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 			if ctx.Err() != nil {
 				err = ctx.Err()
 			}
-			if inTx {
+			if inTx && !ends {
 				return 0, nil, rc.doom(errRolledBack(err))
 			}
+			// An autocommit statement, or a COMMIT, may have committed.
 			return 0, nil, errLost(err)
 		}
 		if typ != wire.Failure {
@@ -160,6 +161,17 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 func isInterrupt(err error) bool {
 	var re *RemoteError
 	return errors.As(err, &re) && re.code == 9 // SQLITE_INTERRUPT
+}
+
+// abandon ends a session that answered what cannot be decoded: a
+// transaction open there is doomed.
+func (rc *rconn) abandon(err error) error {
+	inTx := rc.inTx
+	rc.close()
+	if inTx {
+		return rc.doom(errRolledBack(err))
+	}
+	return err
 }
 
 func (rc *rconn) doom(err error) error {
@@ -216,8 +228,7 @@ func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedVal
 		return nil, err
 	}
 	if typ != wire.RowsStart {
-		rc.close()
-		return nil, fmt.Errorf("%w: answer of type %d to a query", wire.ErrMalformed, typ)
+		return nil, rc.abandon(fmt.Errorf("%w: answer of type %d to a query", wire.ErrMalformed, typ))
 	}
 	rs := &rrows{rc: rc, ctx: ctx, id: r.Uint()}
 	n := r.Count(3)
@@ -226,8 +237,7 @@ func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedVal
 		rs.cols[i], rs.decl[i], rs.kinds[i] = r.String(), r.String(), kind(r.Uint())
 	}
 	if err := rs.batch(r); err != nil {
-		rc.close()
-		return nil, err
+		return nil, rc.abandon(err)
 	}
 	if !rs.done {
 		if rc.rows == nil {
@@ -359,8 +369,7 @@ func (rs *rrows) next(dest []driver.Value) error {
 			return err
 		}
 		if err := rs.batch(r); err != nil {
-			rs.rc.close()
-			return err
+			return rs.rc.abandon(err)
 		}
 		if rs.done {
 			delete(rs.rc.rows, rs)
