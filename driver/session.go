@@ -144,15 +144,33 @@ func (s *session) call(ctx context.Context) (wire.Type, *wire.Reader, error) {
 		return 0, nil, s.fail(err)
 	}
 	if ctx.Done() != nil {
+		var mu sync.Mutex
+		var cut *time.Timer
+		finished := false
 		stop := context.AfterFunc(ctx, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if finished {
+				return
+			}
 			s.wmu.Lock()
 			var w wire.Writer
 			w.Reset(wire.Interrupt)
 			w.WriteTo(s.nc)
 			s.wmu.Unlock()
-			time.AfterFunc(5*time.Second, func() { s.nc.SetReadDeadline(time.Now()) })
+			cut = time.AfterFunc(5*time.Second, func() { s.nc.SetReadDeadline(time.Now()) })
 		})
-		defer stop()
+		defer func() {
+			stop()
+			mu.Lock()
+			finished = true
+			if cut != nil && !cut.Stop() {
+				// The deadline was cut as the answer came: the session
+				// cannot be read again.
+				s.fail(errors.New("no answer within 5s of an interrupt"))
+			}
+			mu.Unlock()
+		}()
 	}
 	typ, r, buf, err := wire.ReadFrame(s.br, s.buf)
 	s.buf = buf
