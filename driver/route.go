@@ -139,20 +139,21 @@ func (c *conn) endRemote(ctx context.Context, t wire.Type) error {
 // leader's read index. c.mu is held.
 func (c *conn) readBarrier(ctx context.Context) error {
 	index := max(c.backend.WriteFloor(), afterOf(ctx))
-	if levelOf(ctx, c.opts.ReadLevel) == Linearizable {
-		i, err := c.readIndex(ctx)
-		if err != nil {
-			return err
-		}
-		index = max(index, i)
-	}
-	if index == 0 {
+	linearizable := levelOf(ctx, c.opts.ReadLevel) == Linearizable
+	if index == 0 && !linearizable {
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.backend.ApplyTimeout())
 		defer cancel()
+	}
+	if linearizable {
+		i, err := c.readIndex(ctx)
+		if err != nil {
+			return err
+		}
+		index = max(index, i)
 	}
 	if err := c.backend.WaitApplied(ctx, index); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
