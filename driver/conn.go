@@ -49,6 +49,13 @@ type conn struct {
 	remote     bool            // the open transaction runs on the leader, through fwd
 	txCtx      context.Context // of BeginTx, for the commit's index
 	lastCommit uint64          // Raft index of the last transaction committed here
+
+	// Connection settings (sessionPragmas) made by the application, which
+	// forwarded statements must run under too.
+	setting         string // the one the statement being prepared makes
+	settings        map[string]string
+	settingOrder    []string
+	settingsVersion uint64
 }
 
 var (
@@ -261,6 +268,17 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	}
 	defer func() { c.running = "" }()
 	s, tail, err := c.raw.Prepare(query)
+	if err != nil && !c.inTx && errors.Is(err, sqlite3.ERROR) && !mayWrite(query) {
+		// A query of a table this node does not have yet: a read that
+		// must wait (read-your-writes, WithAfter, linearizable) may find
+		// it once it waited. The read waits again when it runs, at no
+		// cost once the node is there.
+		c.prepareErr(err)
+		if berr := c.readBarrier(ctx); berr != nil {
+			return nil, berr
+		}
+		s, tail, err = c.raw.Prepare(query)
+	}
 	if err != nil {
 		perr := err
 		err = c.prepareErr(err)
@@ -402,6 +420,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		changed := c.raw.TotalChanges()
 		err = s.Exec()
 		c.running = ""
+		if err == nil {
+			c.noteSetting(s.SQL())
+		}
+		c.setting = ""
 		s.Close()
 		if err != nil {
 			err = c.mapErr(err)
@@ -412,6 +434,12 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		}
 		if err := c.guardWriteLock(); err != nil {
 			return nil, err
+		}
+		if !c.inTx {
+			// Noted at once: a later statement of the script may fail, and
+			// a client of this connection must know that this one
+			// committed (it must not send the script again).
+			c.noteCommit(ctx)
 		}
 		if c.raw.TotalChanges() != changed {
 			changes += c.raw.Changes() // only INSERT, UPDATE and DELETE set it

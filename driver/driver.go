@@ -159,7 +159,11 @@ func (Driver) OpenConnector(dsn string) (driver.Connector, error) {
 			opts.NoForwarding = true
 		case k == "forward" && (v == "true" || v == "on") && !remote:
 		default:
-			return nil, fmt.Errorf("dqlite: data source name %q: unknown option %q (known: level=local|linearizable, forward=true|false)", dsn, kv)
+			known := "level=local|linearizable, forward=true|false"
+			if remote {
+				known = "level=local|linearizable" // a remote client sends everything to the leader
+			}
+			return nil, fmt.Errorf("dqlite: data source name %q: unknown option %q (known: %s)", dsn, kv, known)
 		}
 	}
 	if remote {

@@ -49,6 +49,10 @@ func (c *conn) prepareErr(err error) error {
 //   - any change to the content, schema or pragmas of an ATTACHed
 //     database: its file is local to this node.
 //
+// A connection that runs a client's statements (Serve) also refuses ATTACH
+// and VACUUM INTO: both would reach files of this node's machine at paths
+// the client chose.
+//
 // Reading attached databases, and the connection's own temp schema, stay
 // allowed on purpose, as do VACUUM INTO a local file (a backup) and
 // ANALYZE and REINDEX (which change no content).
@@ -58,6 +62,13 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		return sqlite3.AUTH_DENY
 	}
 	switch action {
+	case sqlite3.AUTH_ATTACH:
+		if c.server && c.running == "VACUUM" {
+			return refuse("VACUUM INTO from a client of this node would write a file on this node's machine")
+		}
+		if c.server {
+			return refuse("ATTACH from a client of this node would open a file on this node's machine")
+		}
 	case sqlite3.AUTH_PRAGMA:
 		if name4 == "" {
 			return sqlite3.AUTH_OK // reading a pragma
@@ -71,6 +82,9 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		case "locking_mode":
 			return refuse("PRAGMA locking_mode=%s: the node must be able to apply the cluster's writes", name4)
 		}
+		if sessionPragmas[strings.ToLower(name3)] {
+			c.setting = strings.ToLower(name3)
+		}
 	case sqlite3.AUTH_ALTER_TABLE:
 		if attached(name3) {
 			return refuse("ALTER TABLE in attached database %q: attached files are not replicated", name3)
@@ -81,6 +95,8 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE:
 		switch {
 		case !attached(schema):
+		case c.running == "VACUUM" && strings.HasPrefix(schema, "vacuum_") && c.server:
+			return refuse("VACUUM INTO from a client of this node would write a file on this node's machine")
 		case c.running == "VACUUM" && strings.HasPrefix(schema, "vacuum_"): // VACUUM INTO's own target
 		case c.running == "ANALYZE", c.running == "PRAGMA" && strings.HasPrefix(strings.ToLower(name3), "sqlite_stat"):
 			// statistics only (ANALYZE, PRAGMA optimize)

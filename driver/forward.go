@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"sync"
 	"sync/atomic"
 
 	"github.com/godqlite/dqlite/internal/errs"
@@ -32,6 +33,14 @@ type rconn struct {
 
 	s      *session
 	live   atomic.Pointer[session] // s, for kill from another goroutine
+	killed chan struct{}           // closed by kill: no new session
+	once   sync.Once
+
+	// setup are the statements that make the connection's settings,
+	// run on each session before anything else outside a transaction;
+	// setupVersion changes with them.
+	setup        []string
+	setupVersion uint64
 	inTx   bool                    // a transaction is open on the leader
 	doomed error                   // it was rolled back under the application
 	commit uint64                  // Raft index of the last commit the leader reported
@@ -55,17 +64,29 @@ func (rc *rconn) state(r *wire.Reader) (committed uint64) {
 	return 0
 }
 
-// kill cuts the session from any goroutine (Node.Close).
+// kill cuts the session, and stops a search for the leader, from any
+// goroutine (Node.Close).
 func (rc *rconn) kill() {
+	rc.once.Do(func() { close(rc.killed) })
 	if s := rc.live.Load(); s != nil {
 		s.nc.Close()
 	}
 }
 
+// newRconn returns a client of database db at the leader that t reaches.
+func newRconn(t *target, db string, level ReadLevel) *rconn {
+	return &rconn{t: t, db: db, level: level, killed: make(chan struct{})}
+}
+
 // close ends the session; the leader rolls back what is open.
 func (rc *rconn) close() {
 	for r := range rc.rows {
-		r.aborted = errs.ErrClosed
+		// The leader ends the cursor's statement with the session: a
+		// write of it commits, so its outcome is unknown here.
+		r.aborted = errors.New("dqlite: the connection to the leader ended before the rows were read")
+		if !r.readOnly {
+			r.aborted = errLost(r.aborted)
+		}
 	}
 	rc.rows = nil
 	if rc.s != nil {
@@ -92,12 +113,35 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 			if rc.inTx {
 				return 0, nil, rc.doom(errRolledBack(errors.New("no session")))
 			}
-			s, err := rc.t.connect(ctx, rc.db)
+			cctx, cancel := context.WithCancel(ctx)
+			go func() {
+				select {
+				case <-rc.killed:
+					cancel()
+				case <-cctx.Done():
+				}
+			}()
+			s, err := rc.t.connect(cctx, rc.db)
+			cancel()
+			select {
+			case <-rc.killed:
+				if s != nil {
+					s.close()
+				}
+				return 0, nil, errs.ErrClosed
+			default:
+			}
 			if err != nil {
 				return 0, nil, err
 			}
 			rc.s = s
 			rc.live.Store(s)
+		}
+		if !rc.inTx && rc.s.setupVersion != rc.setupVersion {
+			if err := rc.runSetup(ctx); err != nil {
+				return 0, nil, err
+			}
+			continue // the session may have broken: check it again
 		}
 		if err := build(&rc.s.w); err != nil {
 			return 0, nil, err
@@ -156,6 +200,29 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 		}
 		return 0, nil, ferr
 	}
+}
+
+// runSetup runs the connection's settings on the session.
+func (rc *rconn) runSetup(ctx context.Context) error {
+	s := rc.s
+	for _, q := range rc.setup {
+		s.w.Reset(wire.Exec)
+		s.w.Uint(0)
+		s.w.Uint(0)
+		s.w.String(q)
+		s.w.Uint(0)
+		typ, r, err := s.call(ctx)
+		if err != nil {
+			rc.close()
+			return errLost(err) // nothing but settings was sent: a new session is safe, but report it
+		}
+		rc.state(r)
+		if typ == wire.Failure {
+			return getError(r)
+		}
+	}
+	s.setupVersion = rc.setupVersion
+	return nil
 }
 
 func isInterrupt(err error) bool {
@@ -230,7 +297,7 @@ func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedVal
 	if typ != wire.RowsStart {
 		return nil, rc.abandon(fmt.Errorf("%w: answer of type %d to a query", wire.ErrMalformed, typ))
 	}
-	rs := &rrows{rc: rc, ctx: ctx, id: r.Uint()}
+	rs := &rrows{rc: rc, s: rc.s, ctx: ctx, id: r.Uint(), readOnly: r.Bool()}
 	n := r.Count(3)
 	rs.cols, rs.decl, rs.kinds = make([]string, n), make([]string, n), make([]kind, n)
 	for i := range n {
@@ -322,9 +389,11 @@ func (rc *rconn) takeCommit() uint64 {
 
 // rrows are rows that the leader sends in batches.
 type rrows struct {
-	rc      *rconn
-	ctx     context.Context
-	id      uint64
+	rc       *rconn
+	s        *session // the session its cursor lives in
+	ctx      context.Context
+	id       uint64
+	readOnly bool // its statement writes nothing
 	cols    []string
 	decl    []string
 	kinds   []kind
@@ -349,6 +418,28 @@ func (rs *rrows) batch(r *wire.Reader) error {
 
 func (rs *rrows) Columns() []string { return rs.cols }
 
+// sessionGone returns an error if the session of the rows' cursor broke:
+// their statement is over on the leader (a write of it, ended by the
+// session's end, committed: the outcome is unknown). Their requests are
+// never sent to another session.
+func (rs *rrows) sessionGone() error {
+	s := rs.rc.s
+	if s == rs.s && s.broken == nil && !s.idleBroken() {
+		return nil
+	}
+	rs.done = true
+	delete(rs.rc.rows, rs)
+	err := errors.New("dqlite: the connection to the leader broke while rows were read")
+	if s == rs.s {
+		err = s.broken
+		rs.rc.abandon(err)
+	}
+	if rs.readOnly {
+		return err
+	}
+	return errLost(err)
+}
+
 // next fills dest from the next row, fetching a batch when needed.
 func (rs *rrows) next(dest []driver.Value) error {
 	if rs.aborted != nil {
@@ -357,6 +448,9 @@ func (rs *rrows) next(dest []driver.Value) error {
 	for len(rs.buf) == 0 {
 		if rs.done {
 			return io.EOF
+		}
+		if err := rs.sessionGone(); err != nil {
+			return err
 		}
 		_, r, err := rs.rc.do(rs.ctx, false, func(w *wire.Writer) error {
 			w.Reset(wire.Next)
@@ -393,6 +487,9 @@ func (rs *rrows) close() error {
 	}
 	rs.done = true
 	delete(rs.rc.rows, rs)
+	if err := rs.sessionGone(); err != nil {
+		return err
+	}
 	_, r, err := rs.rc.do(context.Background(), false, func(w *wire.Writer) error {
 		w.Reset(wire.CloseRows)
 		w.Uint(rs.id)

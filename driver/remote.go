@@ -71,7 +71,7 @@ func (c *RemoteConnector) Driver() driver.Driver { return Driver{} }
 
 // Connect implements driver.Connector: it opens a session to the leader.
 func (c *RemoteConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	rc := &rconn{t: c.t, db: c.name, level: c.level}
+	rc := newRconn(c.t, c.name, c.level)
 	s, err := c.t.connect(ctx, c.name)
 	if err != nil {
 		return nil, err
@@ -122,7 +122,9 @@ func (c *remoteConn) ExecContext(ctx context.Context, query string, args []drive
 		return nil, err
 	}
 	defer c.mu.Unlock()
-	return c.rc.exec(ctx, query, args)
+	res, err := c.rc.exec(ctx, query, args)
+	noteCommit(ctx, c.rc.takeCommit())
+	return res, err
 }
 
 func (c *remoteConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -131,6 +133,7 @@ func (c *remoteConn) QueryContext(ctx context.Context, query string, args []driv
 	}
 	defer c.mu.Unlock()
 	rs, err := c.rc.query(ctx, query, args)
+	noteCommit(ctx, c.rc.takeCommit())
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +159,14 @@ func (c *remoteConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver
 	if err := c.rc.begin(ctx, opts.ReadOnly); err != nil {
 		return nil, err
 	}
-	return remoteTx{c}, nil
+	return remoteTx{c, ctx}, nil
 }
 
-type remoteTx struct{ c *remoteConn }
+// remoteTx is a transaction begun with BeginTx (ctx is BeginTx's).
+type remoteTx struct {
+	c   *remoteConn
+	ctx context.Context
+}
 
 func (t remoteTx) Commit() error   { return t.end(wire.Commit) }
 func (t remoteTx) Rollback() error { return t.end(wire.Rollback) }
@@ -171,7 +178,9 @@ func (t remoteTx) end(typ wire.Type) error {
 	if c.closed {
 		return driver.ErrBadConn
 	}
-	return c.rc.end(typ)
+	err := c.rc.end(typ)
+	noteCommit(t.ctx, c.rc.takeCommit())
+	return err
 }
 
 func (c *remoteConn) Close() error {
@@ -221,12 +230,16 @@ func (r remoteRows) Columns() []string { return r.rs.cols }
 func (r remoteRows) Next(dest []driver.Value) error {
 	r.c.mu.Lock()
 	defer r.c.mu.Unlock()
-	return r.rs.next(dest)
+	err := r.rs.next(dest)
+	noteCommit(r.rs.ctx, r.c.rc.takeCommit())
+	return err
 }
 func (r remoteRows) Close() error {
 	r.c.mu.Lock()
 	defer r.c.mu.Unlock()
-	return r.rs.close()
+	err := r.rs.close()
+	noteCommit(r.rs.ctx, r.c.rc.takeCommit())
+	return err
 }
 func (r remoteRows) ColumnTypeDatabaseTypeName(i int) string {
 	return r.rs.ColumnTypeDatabaseTypeName(i)

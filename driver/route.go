@@ -40,7 +40,8 @@ func (c *conn) fwdConn() *rconn {
 	if rc := c.fwd.Load(); rc != nil {
 		return rc
 	}
-	rc := &rconn{db: c.name, level: c.opts.ReadLevel, t: leaderTarget(c.backend)}
+	rc := newRconn(leaderTarget(c.backend), c.name, c.opts.ReadLevel)
+	rc.setup, rc.setupVersion = c.settingList(), c.settingsVersion
 	c.fwd.Store(rc)
 	return rc
 }
@@ -278,4 +279,45 @@ func mayWrite(query string) bool {
 		return false
 	}
 	return true
+}
+
+// sessionPragmas are the connection settings that change what a write
+// does. One that a connection sets is set again on each session through
+// which it forwards statements, so that they run there as they would here.
+var sessionPragmas = map[string]bool{
+	"foreign_keys": true, "defer_foreign_keys": true, "recursive_triggers": true,
+	"case_sensitive_like": true, "ignore_check_constraints": true, "legacy_alter_table": true,
+	"query_only": true, "trusted_schema": true, "reverse_unordered_selects": true,
+	"automatic_index": true, "temp_store": true, "cell_size_check": true,
+}
+
+// noteSetting records a connection setting that the statement just run
+// (sql) made, if it made one (the authorizer saw it). c.mu is held.
+func (c *conn) noteSetting(sql string) {
+	name := c.setting
+	c.setting = ""
+	if name == "" || c.server {
+		return
+	}
+	if c.settings == nil {
+		c.settings = map[string]string{}
+	}
+	if _, ok := c.settings[name]; !ok {
+		c.settingOrder = append(c.settingOrder, name)
+	}
+	c.settings[name] = strings.TrimSpace(sql)
+	c.settingsVersion++
+	if rc := c.fwd.Load(); rc != nil {
+		rc.setup = c.settingList()
+		rc.setupVersion = c.settingsVersion
+	}
+}
+
+// settingList returns the statements that make the connection's settings.
+func (c *conn) settingList() []string {
+	l := make([]string, 0, len(c.settingOrder))
+	for _, name := range c.settingOrder {
+		l = append(l, c.settings[name])
+	}
+	return l
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/wire"
@@ -27,14 +28,24 @@ func Serve(ctx context.Context, nc net.Conn, b Backend) {
 	sv := &server{b: b, nc: nc, stmts: map[string]*stmt{}, cursors: map[uint64]*cursor{}}
 	defer sv.close()
 	br := bufio.NewReaderSize(nc, 64<<10)
+	// The version and the hello come within helloTimeout, and the hello is
+	// small: a client holds nothing of the node before it named its
+	// database.
+	nc.SetReadDeadline(time.Now().Add(helloTimeout))
 	if v, err := br.ReadByte(); err != nil {
 		return
 	} else if v != wire.Version {
-		sv.w.Reset(wire.Failure)
-		sv.w.Bool(false)
-		sv.w.Uint(0)
-		putError(&sv.w, fmt.Errorf("dqlite: client protocol version %d; this node speaks %d", v, wire.Version))
+		sv.fail(fmt.Errorf("dqlite: client protocol version %d; this node speaks %d", v, wire.Version))
 		sv.w.WriteTo(nc)
+		return
+	}
+	t, r, _, err := wire.ReadFrame(br, nil, wire.MaxHello)
+	if err != nil {
+		return
+	}
+	nc.SetReadDeadline(time.Time{})
+	ok := sv.handle(ctx, t, r)
+	if _, err := sv.w.WriteTo(nc); err != nil || !ok {
 		return
 	}
 
@@ -51,7 +62,7 @@ func Serve(ctx context.Context, nc net.Conn, b Backend) {
 		defer close(reqs)
 		var buf []byte
 		for {
-			t, r, _, err := wire.ReadFrame(br, buf)
+			t, r, _, err := wire.ReadFrame(br, buf, wire.MaxFrame)
 			if err != nil {
 				cancel()
 				return
@@ -99,9 +110,23 @@ type server struct {
 }
 
 type cursor struct {
-	s    *stmt
-	rows driver.Rows
+	s     *stmt
+	owned bool // s is the cursor's own: closed with it
+	rows  driver.Rows
 }
+
+// end closes the cursor's rows (which commits an autocommit write) and its
+// own statement.
+func (cur *cursor) end() error {
+	err := cur.rows.Close()
+	if cur.owned {
+		cur.s.Close()
+	}
+	return err
+}
+
+// helloTimeout bounds the wait for a new connection's version and hello.
+const helloTimeout = 10 * time.Second
 
 // batch limits: a batch of rows ends after this many rows or bytes.
 const (
@@ -111,7 +136,7 @@ const (
 
 func (sv *server) close() {
 	for id, cur := range sv.cursors {
-		cur.rows.Close()
+		cur.end()
 		delete(sv.cursors, id)
 	}
 	if sv.c != nil {
@@ -161,7 +186,7 @@ func (sv *server) handle(ctx context.Context, t wire.Type, r *wire.Reader) bool 
 		if err = r.End(); err == nil {
 			if cur := sv.cursors[id]; cur != nil {
 				delete(sv.cursors, id)
-				err = cur.rows.Close()
+				err = cur.end()
 			}
 			if err == nil {
 				sv.answer(wire.Done)
@@ -294,21 +319,38 @@ func (sv *server) request(ctx context.Context, r *wire.Reader) (context.Context,
 	return sv.readCtx(ctx, flags, after), query, args, nil
 }
 
-// prepare returns the statement for query, prepared once per session.
-func (sv *server) prepare(ctx context.Context, query string) (*stmt, error) {
+// prepare returns the statement for query, prepared once per session and
+// kept, unless an open cursor steps the kept one: then a statement of its
+// own (owned), which the caller closes when done with it. Running the
+// kept one would reset the cursor's rows under it.
+func (sv *server) prepare(ctx context.Context, query string) (s *stmt, owned bool, err error) {
 	if s := sv.stmts[query]; s != nil && !s.closed {
-		return s, nil
+		if !sv.inUse(s) {
+			return s, false, nil
+		}
+		owned = true
 	}
-	if len(sv.stmts) >= 64 {
+	if !owned && len(sv.stmts) >= 64 {
 		sv.dropStatements()
 	}
 	ds, err := sv.c.PrepareContext(ctx, query)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	s := ds.(*stmt)
-	sv.stmts[query] = s
-	return s, nil
+	s = ds.(*stmt)
+	if !owned {
+		sv.stmts[query] = s
+	}
+	return s, owned, nil
+}
+
+func (sv *server) inUse(s *stmt) bool {
+	for _, cur := range sv.cursors {
+		if cur.s == s {
+			return true
+		}
+	}
+	return false
 }
 
 // dropStatements closes the prepared statements that no cursor uses.
@@ -335,8 +377,12 @@ func (sv *server) exec(ctx context.Context, r *wire.Reader) error {
 		res, err = sv.c.ExecContext(ctx, query, nil)
 	} else {
 		var s *stmt
-		if s, err = sv.prepare(ctx, query); err == nil {
+		var owned bool
+		if s, owned, err = sv.prepare(ctx, query); err == nil {
 			res, err = s.ExecContext(ctx, args)
+			if owned {
+				s.Close()
+			}
 		}
 	}
 	if err != nil {
@@ -355,21 +401,25 @@ func (sv *server) query(ctx context.Context, r *wire.Reader) error {
 	if err != nil {
 		return err
 	}
-	s, err := sv.prepare(ctx, query)
+	s, owned, err := sv.prepare(ctx, query)
 	if err != nil {
 		return err
 	}
 	dr, err := s.QueryContext(ctx, args)
 	if err != nil {
+		if owned {
+			s.Close()
+		}
 		return err
 	}
 	sv.next++
 	id := sv.next
-	sv.cursors[id] = &cursor{s: s, rows: dr}
+	sv.cursors[id] = &cursor{s: s, owned: owned, rows: dr}
 	rs := dr.(*rows)
 	var head wire.Writer
 	head.Reset(0)
 	head.Uint(id)
+	head.Bool(s.readOnly)
 	head.Uint(uint64(len(rs.cols)))
 	for i, name := range rs.cols {
 		head.String(name)
@@ -400,13 +450,13 @@ func (sv *server) moreWith(ctx context.Context, id uint64, t wire.Type, head []b
 		}
 		if err != nil {
 			delete(sv.cursors, id)
-			cur.rows.Close()
+			cur.end()
 			return err
 		}
 		for _, v := range dest {
 			if err := rows.Value(v); err != nil {
 				delete(sv.cursors, id)
-				cur.rows.Close()
+				cur.end()
 				return err
 			}
 		}
@@ -414,7 +464,7 @@ func (sv *server) moreWith(ctx context.Context, id uint64, t wire.Type, head []b
 	}
 	if done {
 		delete(sv.cursors, id)
-		if err := cur.rows.Close(); err != nil {
+		if err := cur.end(); err != nil {
 			return err
 		}
 	}

@@ -34,6 +34,8 @@ type session struct {
 	buf    []byte
 	wmu    sync.Mutex // one frame at a time: a request, or an interrupt from a cancelled context
 	broken error
+
+	setupVersion uint64 // of the connection settings run on it (see rconn.setup)
 }
 
 // connect finds the leader and opens a session to database db on it. It
@@ -172,7 +174,7 @@ func (s *session) call(ctx context.Context) (wire.Type, *wire.Reader, error) {
 			mu.Unlock()
 		}()
 	}
-	typ, r, buf, err := wire.ReadFrame(s.br, s.buf)
+	typ, r, buf, err := wire.ReadFrame(s.br, s.buf, wire.MaxFrame)
 	s.buf = buf
 	if err != nil {
 		return 0, nil, s.fail(err)

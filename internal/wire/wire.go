@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -30,6 +31,10 @@ const Version byte = 1
 // MaxFrame bounds a frame's length. A statement's arguments, or a batch of
 // rows, larger than this fail with a clear error.
 const MaxFrame = 256 << 20
+
+// MaxHello bounds the first frame of a connection, before the client said
+// which database it wants.
+const MaxHello = 64 << 10
 
 // Type is a frame's type.
 type Type byte
@@ -149,25 +154,31 @@ type Reader struct {
 	err error
 }
 
-// ReadFrame reads the next frame from in into buf (grown as needed).
-func ReadFrame(in *bufio.Reader, buf []byte) (Type, *Reader, []byte, error) {
+// ReadFrame reads the next frame from in into buf (grown as needed),
+// refusing one longer than limit. A long frame's buffer grows as its bytes
+// arrive, so that a length alone allocates nothing.
+func ReadFrame(in *bufio.Reader, buf []byte, limit int) (Type, *Reader, []byte, error) {
 	var h [5]byte
 	if _, err := io.ReadFull(in, h[:]); err != nil {
 		return 0, nil, buf, err
 	}
 	n := int(binary.BigEndian.Uint32(h[:4]))
-	if n < 1 || n > MaxFrame {
-		return 0, nil, buf, fmt.Errorf("%w: frame length %d", ErrMalformed, n)
+	if n < 1 || n > limit {
+		return 0, nil, buf, fmt.Errorf("%w: frame length %d (at most %d here)", ErrMalformed, n, limit)
 	}
-	if cap(buf) < n-1 {
-		buf = make([]byte, n-1)
-	}
-	buf = buf[:n-1]
-	if _, err := io.ReadFull(in, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	body := n - 1
+	buf = buf[:0]
+	for len(buf) < body {
+		chunk := min(body-len(buf), max(len(buf), 64<<10))
+		buf = slices.Grow(buf, chunk)
+		m, err := io.ReadFull(in, buf[len(buf):len(buf)+chunk])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, buf, err
 		}
-		return 0, nil, buf, err
 	}
 	return Type(h[4]), &Reader{b: buf}, buf, nil
 }
