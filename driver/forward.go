@@ -41,10 +41,10 @@ type rconn struct {
 	// setupVersion changes with them.
 	setup        []string
 	setupVersion uint64
-	inTx   bool                    // a transaction is open on the leader
-	doomed error                   // it was rolled back under the application
-	commit uint64                  // Raft index of the last commit the leader reported
-	rows   map[*rrows]struct{}     // open result sets
+	inTx         bool                // a transaction is open on the leader
+	doomed       error               // it was rolled back under the application
+	commit       uint64              // Raft index of the last commit the leader reported
+	rows         map[*rrows]struct{} // open result sets
 }
 
 // reqFlags go with every Exec, Query and Begin.
@@ -394,12 +394,12 @@ type rrows struct {
 	ctx      context.Context
 	id       uint64
 	readOnly bool // its statement writes nothing
-	cols    []string
-	decl    []string
-	kinds   []kind
-	buf     [][]driver.Value
-	done    bool
-	aborted error
+	cols     []string
+	decl     []string
+	kinds    []kind
+	buf      [][]driver.Value
+	done     bool
+	aborted  error
 }
 
 func (rs *rrows) batch(r *wire.Reader) error {
