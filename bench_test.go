@@ -1,6 +1,7 @@
 package dqlite
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	_ "github.com/ncruces/go-sqlite3/driver"
+
+	"github.com/godqlite/dqlite/driver"
 )
 
 // BenchmarkInsert measures 1-row INSERT transactions from one goroutine:
@@ -142,9 +145,11 @@ func BenchmarkLargeTransaction(b *testing.B) {
 	}
 }
 
-// BenchmarkPointRead measures a SELECT by primary key over 10k rows on a
-// follower's *sql.DB (reads are local), from one goroutine: the driver's
-// cost per statement, with no Raft in the way.
+// BenchmarkPointRead measures a SELECT by primary key over 10k rows, from
+// one goroutine: on a follower's *sql.DB at the local level (the driver's
+// cost per statement, with no Raft in the way), and at the linearizable
+// level on the follower (a read index asked of the leader) and on the
+// leader (a heartbeat round).
 //
 //	go test -run '^$' -bench BenchmarkPointRead .
 func BenchmarkPointRead(b *testing.B) {
@@ -160,15 +165,50 @@ func BenchmarkPointRead(b *testing.B) {
 		var n int
 		return f.QueryRow(`SELECT count(*) FROM t`).Scan(&n) == nil && n == 10000
 	})
-	var v string
-	b.ResetTimer()
-	for i := range b.N {
-		if err := f.QueryRow(`SELECT v FROM t WHERE id = ?`, i%10000+1).Scan(&v); err != nil {
-			b.Fatal(err)
-		}
+	for _, r := range []struct {
+		name string
+		db   *sql.DB
+		ctx  context.Context
+	}{
+		{"follower-local", f, context.Background()},
+		{"follower-linearizable", f, WithReadLevel(context.Background(), ReadLinearizable)},
+		{"leader-linearizable", db, WithReadLevel(context.Background(), ReadLinearizable)},
+	} {
+		b.Run(r.name, func(b *testing.B) {
+			var v string
+			for i := range b.N {
+				if err := r.db.QueryRowContext(r.ctx, `SELECT v FROM t WHERE id = ?`, i%10000+1).Scan(&v); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
+		})
 	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
+}
+
+// BenchmarkInsertForwarded measures 1-row INSERT transactions through a
+// follower's *sql.DB (run on the leader over the client protocol) and a
+// remote client's, beside the leader's own.
+//
+//	go test -run '^$' -bench BenchmarkInsertForwarded -benchtime 5s .
+func BenchmarkInsertForwarded(b *testing.B) {
+	c := newCluster(b, 3)
+	l := c.waitLeader()
+	remote, err := sql.Open(driver.Name, "dqlite://"+c.nodes[l].Address()+"/remote.db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer remote.Close()
+	for _, r := range []struct {
+		name string
+		db   *sql.DB
+	}{
+		{"leader", c.db(l, "leader.db")},
+		{"follower", c.db((l+1)%3, "follower.db")},
+		{"remote", remote},
+	} {
+		b.Run(r.name, func(b *testing.B) { benchInsert(b, r.db) })
+	}
 }
 
 // BenchmarkFollowerLag measures, on an idle 3-node cluster, how long after
