@@ -118,6 +118,9 @@ type testConn struct {
 	client atomic.Int32 // 0 unknown, 1 client protocol, 2 Raft
 }
 
+// NetConn gives the TCP connection, as *tls.Conn does.
+func (c *testConn) NetConn() net.Conn { return c.Conn }
+
 func (c *testConn) Write(b []byte) (int, error) {
 	if c.client.Load() == 0 && len(b) > 0 {
 		kind := int32(2)

@@ -104,11 +104,11 @@ func (c *conn) forwardExec(ctx context.Context, query string, args []driver.Name
 }
 
 // afterForward follows the leader's state after a forwarded request: the
-// transaction that is open there, and what it committed. A follower that
-// forwarded a commit waits, up to Config.ApplyTimeout, until it has
-// applied it, so that the application reads it here when the commit
-// returns; later reads of this node wait for it in any case (see
-// readBarrier).
+// transaction that is open there, and what it committed. A commit raises
+// the node's write floor: every later read of this node waits until the
+// node has applied it (see readBarrier). The commit itself does not wait
+// for that: the follower learns of it a few milliseconds later, and only
+// a read that comes sooner pays for them.
 func (c *conn) afterForward(ctx context.Context, rc *rconn) {
 	c.remote = rc.inTx || rc.doomed != nil
 	i := rc.takeCommit()
@@ -118,9 +118,6 @@ func (c *conn) afterForward(ctx context.Context, rc *rconn) {
 	c.lastCommit = i
 	noteCommit(ctx, i)
 	c.backend.NoteWrite(i)
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.backend.ApplyTimeout())
-	defer cancel()
-	c.backend.WaitApplied(wctx, i)
 }
 
 // endRemote commits or rolls back the transaction open on the leader.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
@@ -200,6 +201,14 @@ func (s *session) idleBroken() bool {
 	if s.br.Buffered() > 0 {
 		return true // an idle session has nothing to read
 	}
+	if spoke, ok := peerSpoke(s.nc); ok {
+		if spoke {
+			s.fail(errors.New("connection to the leader closed while idle"))
+		}
+		return spoke
+	}
+	// No look at the socket without waiting: wait a moment for a byte
+	// (a wait of under a millisecond, which the poller rounds up to one).
 	s.nc.SetReadDeadline(time.Now().Add(50 * time.Microsecond))
 	_, err := s.br.Peek(1)
 	s.nc.SetReadDeadline(time.Time{})
@@ -208,6 +217,22 @@ func (s *session) idleBroken() bool {
 		return true
 	}
 	return false
+}
+
+// socketOf finds the socket under c, through wrappers that give their
+// connection (NetConn, as *tls.Conn does).
+func socketOf(c net.Conn) (syscall.Conn, bool) {
+	for range 8 {
+		if sc, ok := c.(syscall.Conn); ok {
+			return sc, true
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil, false
+		}
+		c = u.NetConn()
+	}
+	return nil, false
 }
 
 func (s *session) close() {

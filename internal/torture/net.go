@@ -183,6 +183,9 @@ type faultConn struct {
 	lost bool // guarded by n.mu: something written was dropped
 }
 
+// NetConn gives the TCP connection, as *tls.Conn does.
+func (c *faultConn) NetConn() net.Conn { return c.Conn }
+
 func (c *faultConn) Write(p []byte) (int, error) {
 	c.n.mu.Lock()
 	if c.n.drop[c.peer] {
