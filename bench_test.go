@@ -40,7 +40,7 @@ func BenchmarkInsert(b *testing.B) {
 }
 
 func benchInsert(b *testing.B, db *sql.DB) {
-	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
