@@ -1,0 +1,122 @@
+package dqlite
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"database/sql"
+	"errors"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/godqlite/dqlite/driver"
+)
+
+// testTLS returns a server and a client configuration sharing a CA made
+// for this test, for 127.0.0.1, with client certificates required.
+func testTLS(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	caKey := key()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	nodeKey := key()
+	nodeTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "node"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	nodeDER, err := x509.CreateCertificate(rand.Reader, nodeTmpl, ca, &nodeKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{nodeDER}, PrivateKey: nodeKey}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool}
+	return server, client
+}
+
+// TestForward_OverTLS: with the Raft listener and dialer wrapped in TLS,
+// forwarded writes and a remote client go through TLS too (the client
+// protocol shares the listener), and a client without a certificate, or
+// in plaintext, is refused.
+func TestForward_OverTLS(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		d := tls.Dialer{Config: clientTLS}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	c := &cluster{t: t, net: &testNet{blocked: map[[2]int]bool{}, conns: map[[2]int][]net.Conn{}}, dbs: map[[2]any]*sql.DB{}}
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	t.Cleanup(c.close) // before the directories are removed
+	var listeners []net.Listener
+	var peers []Peer
+	for i := range 3 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners = append(listeners, tls.NewListener(l, serverTLS))
+		peers = append(peers, Peer{ID: NodeID(i + 1), Address: l.Addr().String()})
+	}
+	for i := range 3 {
+		n, err := New(Config{ID: NodeID(i + 1), Address: peers[i].Address, Listener: listeners[i], Dial: dial,
+			Dir: dirs[i], Cluster: peers, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	l := c.waitLeader()
+	f := c.follower(l)
+	mustExec(t, c.db(f, "tls.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)`)
+	o := newOutcome()
+	o.record(1, nil)
+
+	remote := sql.OpenDB(driver.NewRemoteConnector([]string{peers[f].Address}, "tls.db", driver.RemoteOptions{Dial: dial}))
+	defer remote.Close()
+	if _, err := remote.Exec(`INSERT INTO t VALUES (2)`); err != nil {
+		t.Fatalf("remote client over TLS: %v", err)
+	}
+	o.record(2, nil)
+
+	noCert := &tls.Config{RootCAs: clientTLS.RootCAs}
+	for name, d := range map[string]func(context.Context, string) (net.Conn, error){
+		"plaintext": nil,
+		"TLS without a client certificate": func(ctx context.Context, addr string) (net.Conn, error) {
+			d := tls.Dialer{Config: noCert}
+			return d.DialContext(ctx, "tcp", addr)
+		},
+	} {
+		bad := sql.OpenDB(driver.NewRemoteConnector([]string{peers[l].Address}, "tls.db", driver.RemoteOptions{Dial: d}))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := bad.ExecContext(ctx, `INSERT INTO t VALUES (3)`)
+		cancel()
+		bad.Close()
+		t.Logf("%s client: %v", name, err)
+		if !errors.Is(err, ErrNoLeader) {
+			t.Errorf("%s client: %v, want it refused (ErrNoLeader)", name, err)
+		}
+	}
+	o.record(3, errors.New("refused"))
+	c.check("tls.db", `SELECT id FROM t`, o)
+}
