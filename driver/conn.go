@@ -49,13 +49,13 @@ type conn struct {
 	remote     bool            // the open transaction runs on the leader, through fwd
 	txCtx      context.Context // of BeginTx, for the commit's index
 	lastCommit uint64          // Raft index of the last transaction committed here
+	// pinnedWrite: a write forwarded while local rows were open, whose
+	// read snapshot predates it (see stale)
+	pinnedWrite bool
 
-	// Connection settings (sessionPragmas) made by the application, which
-	// forwarded statements must run under too.
-	setting         string // the one the statement being prepared makes
-	settings        map[string]string
-	settingOrder    []string
-	settingsVersion uint64
+	// settings made by the application (sessionPragmas), which forwarded
+	// statements must run under too
+	settings *settings
 }
 
 var (
@@ -73,7 +73,7 @@ var (
 // it is whole, and a connection that failed to open is marked closed, so
 // Abort never meets a half-built one.
 func newConn(ctx context.Context, b Backend, db Database, name string, opts Options) (_ *conn, err error) {
-	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout(), name: name, opts: opts}
+	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout(), name: name, opts: opts, settings: &settings{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.id, c.untrack = b.Track(c)
@@ -207,6 +207,16 @@ func (c *conn) leave() {
 func (c *conn) checkWrite() error {
 	if c.roTx {
 		return errReadOnlyTx
+	}
+	if !c.inTx {
+		for r := range c.rows {
+			if !r.s.readOnly {
+				// SQLite would commit this write only with that
+				// statement: it would be acknowledged before it
+				// committed, and lost if that one failed.
+				return errWriteRowsOpen
+			}
+		}
 	}
 	if err := c.db.Failed(); err != nil {
 		return err
@@ -418,12 +428,12 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			}
 		}
 		changed := c.raw.TotalChanges()
+		wasTx := c.inTx
 		err = s.Exec()
 		c.running = ""
-		if err == nil {
-			c.noteSetting(s.SQL())
+		if err == nil && !wasTx && c.raw.GetAutocommit() {
+			c.settings.note(s.SQL())
 		}
-		c.setting = ""
 		s.Close()
 		if err != nil {
 			err = c.mapErr(err)

@@ -12,6 +12,9 @@ import (
 
 var errReadOnlyTx = errors.New("dqlite: write in a read-only transaction")
 
+var errWriteRowsOpen = errors.New("dqlite: a statement that writes cannot run outside a transaction while the rows " +
+	"of another one that writes (INSERT … RETURNING) are open on the same connection: close them first, or use a transaction")
+
 // mapErr replaces what SQLite reports by the real cause: for a failed
 // replication the cause the VFS left with the database, for a refused
 // statement the authorizer's reason, for a lock wait that gave up ErrBusy.
@@ -82,9 +85,7 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		case "locking_mode":
 			return refuse("PRAGMA locking_mode=%s: the node must be able to apply the cluster's writes", name4)
 		}
-		if sessionPragmas[strings.ToLower(name3)] {
-			c.setting = strings.ToLower(name3)
-		}
+
 	case sqlite3.AUTH_ALTER_TABLE:
 		if attached(name3) {
 			return refuse("ALTER TABLE in attached database %q: attached files are not replicated", name3)

@@ -36,11 +36,9 @@ type rconn struct {
 	killed chan struct{}           // closed by kill: no new session
 	once   sync.Once
 
-	// setup are the statements that make the connection's settings,
-	// run on each session before anything else outside a transaction;
-	// setupVersion changes with them.
-	setup        []string
-	setupVersion uint64
+	// settings are run on each session before anything else outside a
+	// transaction (session.setupVersion says which version ran there).
+	settings *settings
 	inTx         bool                // a transaction is open on the leader
 	doomed       error               // it was rolled back under the application
 	commit       uint64              // Raft index of the last commit the leader reported
@@ -75,7 +73,7 @@ func (rc *rconn) kill() {
 
 // newRconn returns a client of database db at the leader that t reaches.
 func newRconn(t *target, db string, level ReadLevel) *rconn {
-	return &rconn{t: t, db: db, level: level, killed: make(chan struct{})}
+	return &rconn{t: t, db: db, level: level, killed: make(chan struct{}), settings: &settings{}}
 }
 
 // close ends the session; the leader rolls back what is open.
@@ -97,17 +95,28 @@ func (rc *rconn) close() {
 	rc.inTx = false
 }
 
+// reqKind says how a request may be sent.
+type reqKind int
+
+const (
+	reqStart  reqKind = iota // a statement or BEGIN: on a new session if need be, again where nothing ran
+	reqEnd                   // COMMIT or ROLLBACK: its failure does not doom what follows
+	reqCursor                // Next or CloseRows: only on its cursor's session, never again
+)
+
 // do sends the request that build writes and returns the answer, once it
-// is not a Failure; the state the answer carries is read. ends says that
-// the request ends the transaction on purpose (COMMIT, ROLLBACK): its
-// failure does not doom what follows.
-func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) error) (wire.Type, *wire.Reader, error) {
+// is not a Failure; the state the answer carries is read.
+func (rc *rconn) do(ctx context.Context, kind reqKind, build func(w *wire.Writer) error) (wire.Type, *wire.Reader, error) {
+	ends := kind == reqEnd
 	if rc.doomed != nil {
 		return 0, nil, rc.doomed
 	}
 	for {
-		if rc.s != nil && !rc.inTx && rc.s.idleBroken() {
+		if kind != reqCursor && rc.s != nil && !rc.inTx && rc.s.idleBroken() {
 			rc.close()
+		}
+		if rc.s == nil && kind == reqCursor {
+			return 0, nil, errors.New("dqlite: the connection to the leader ended while rows were read")
 		}
 		if rc.s == nil {
 			if rc.inTx {
@@ -137,11 +146,11 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 			rc.s = s
 			rc.live.Store(s)
 		}
-		if !rc.inTx && rc.s.setupVersion != rc.setupVersion {
-			if err := rc.runSetup(ctx); err != nil {
+		if l, v := rc.settings.list(); kind == reqStart && !rc.inTx && rc.s.setupVersion != v {
+			if err := rc.runSetup(ctx, l, v); err != nil {
 				return 0, nil, err
 			}
-			continue // the session may have broken: check it again
+			continue // the session may have been closed: check it again
 		}
 		if err := build(&rc.s.w); err != nil {
 			return 0, nil, err
@@ -168,7 +177,7 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 		}
 		committed := rc.state(r)
 		ferr := getError(r)
-		if errors.Is(ferr, errs.ErrNotLeader) && !inTx && !rc.inTx && committed == 0 {
+		if errors.Is(ferr, errs.ErrNotLeader) && kind == reqStart && !inTx && !rc.inTx && committed == 0 {
 			// Checked before anything ran, or a commit refused before
 			// anything replicated (and no earlier statement of a script
 			// committed): find the leader and send again.
@@ -202,10 +211,12 @@ func (rc *rconn) do(ctx context.Context, ends bool, build func(w *wire.Writer) e
 	}
 }
 
-// runSetup runs the connection's settings on the session.
-func (rc *rconn) runSetup(ctx context.Context) error {
+// runSetup runs the statements that make the connection's settings (l, of
+// version v) on the session. A session that breaks, or whose node no longer
+// leads, is closed: only settings were sent, so the caller opens another.
+func (rc *rconn) runSetup(ctx context.Context, l []string, v uint64) error {
 	s := rc.s
-	for _, q := range rc.setup {
+	for _, q := range l {
 		s.w.Reset(wire.Exec)
 		s.w.Uint(0)
 		s.w.Uint(0)
@@ -214,15 +225,39 @@ func (rc *rconn) runSetup(ctx context.Context) error {
 		typ, r, err := s.call(ctx)
 		if err != nil {
 			rc.close()
-			return errLost(err) // nothing but settings was sent: a new session is safe, but report it
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil
 		}
 		rc.state(r)
 		if typ == wire.Failure {
-			return getError(r)
+			ferr := getError(r)
+			rc.close()
+			if errors.Is(ferr, errs.ErrNotLeader) && ctx.Err() == nil {
+				return nil
+			}
+			return ferr
 		}
 	}
-	s.setupVersion = rc.setupVersion
+	s.setupVersion = v
 	return nil
+}
+
+// kindOf is the kind of an Exec of query.
+func kindOf(query string) reqKind {
+	if endsTx(query) {
+		return reqEnd
+	}
+	return reqStart
+}
+
+// simpleKind is the kind of a request of type t without a statement.
+func simpleKind(t wire.Type) reqKind {
+	if t == wire.Commit || t == wire.Rollback {
+		return reqEnd
+	}
+	return reqStart
 }
 
 func isInterrupt(err error) bool {
@@ -268,7 +303,7 @@ func (rc *rconn) readFlags(ctx context.Context) uint64 {
 
 // exec runs a statement, or a script without arguments, on the leader.
 func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	_, r, err := rc.do(ctx, endsTx(query), func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, kindOf(query), func(w *wire.Writer) error {
 		w.Reset(wire.Exec)
 		w.Uint(rc.readFlags(ctx))
 		w.Uint(afterOf(ctx))
@@ -279,12 +314,15 @@ func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValu
 		return nil, err
 	}
 	res := result{lastID: r.Int(), rows: r.Int()}
+	if !rc.inTx {
+		rc.settings.note(query) // made on this session: others get it too
+	}
 	return res, r.End()
 }
 
 // query runs a statement on the leader and returns its rows.
 func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedValue) (*rrows, error) {
-	typ, r, err := rc.do(ctx, false, func(w *wire.Writer) error {
+	typ, r, err := rc.do(ctx, reqStart, func(w *wire.Writer) error {
 		w.Reset(wire.Query)
 		w.Uint(rc.readFlags(ctx))
 		w.Uint(afterOf(ctx))
@@ -317,7 +355,7 @@ func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedVal
 
 // simple sends a request of type t with no body but flags and an index.
 func (rc *rconn) simple(ctx context.Context, t wire.Type, v uint64) error {
-	_, r, err := rc.do(ctx, t == wire.Commit || t == wire.Rollback, func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, simpleKind(t), func(w *wire.Writer) error {
 		w.Reset(t)
 		w.Uint(v)
 		w.Uint(afterOf(ctx))
@@ -369,7 +407,7 @@ func (rc *rconn) end(t wire.Type) error {
 // readIndex asks the leader for a read index: the index of the last entry
 // it applied, once a heartbeat round confirmed that it still leads.
 func (rc *rconn) readIndex(ctx context.Context) (uint64, error) {
-	_, r, err := rc.do(ctx, false, func(w *wire.Writer) error {
+	_, r, err := rc.do(ctx, reqStart, func(w *wire.Writer) error {
 		w.Reset(wire.ReadIndex)
 		return nil
 	})
@@ -452,7 +490,7 @@ func (rs *rrows) next(dest []driver.Value) error {
 		if err := rs.sessionGone(); err != nil {
 			return err
 		}
-		_, r, err := rs.rc.do(rs.ctx, false, func(w *wire.Writer) error {
+		_, r, err := rs.rc.do(rs.ctx, reqCursor, func(w *wire.Writer) error {
 			w.Reset(wire.Next)
 			w.Uint(rs.id)
 			return nil
@@ -490,7 +528,7 @@ func (rs *rrows) close() error {
 	if err := rs.sessionGone(); err != nil {
 		return err
 	}
-	_, r, err := rs.rc.do(context.Background(), false, func(w *wire.Writer) error {
+	_, r, err := rs.rc.do(context.Background(), reqCursor, func(w *wire.Writer) error {
 		w.Reset(wire.CloseRows)
 		w.Uint(rs.id)
 		return nil

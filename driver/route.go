@@ -41,7 +41,7 @@ func (c *conn) fwdConn() *rconn {
 		return rc
 	}
 	rc := newRconn(leaderTarget(c.backend), c.name, c.opts.ReadLevel)
-	rc.setup, rc.setupVersion = c.settingList(), c.settingsVersion
+	rc.settings = c.settings
 	c.fwd.Store(rc)
 	return rc
 }
@@ -88,7 +88,7 @@ func (c *conn) routeExec(query string, hasArgs bool) bool {
 	}
 	ro := s.ReadOnly()
 	s.Close()
-	return !ro || c.holdsStatement(tail)
+	return !ro || c.holdsStatement(tail) || c.stale()
 }
 
 // forwardExec runs query on the leader.
@@ -118,6 +118,19 @@ func (c *conn) afterForward(ctx context.Context, rc *rconn) {
 	c.lastCommit = i
 	noteCommit(ctx, i)
 	c.backend.NoteWrite(i)
+	if len(c.rows) > 0 {
+		c.pinnedWrite = true
+	}
+}
+
+// stale reports whether a read on this node's copy would miss a write
+// this connection forwarded: open rows pin the connection's read snapshot,
+// taken before it. Such a read runs on the leader. c.mu is held.
+func (c *conn) stale() bool {
+	if len(c.rows) == 0 {
+		c.pinnedWrite = false
+	}
+	return c.pinnedWrite
 }
 
 // endRemote commits or rolls back the transaction open on the leader.
@@ -208,7 +221,7 @@ func (s *stmt) onLeader() bool {
 	case s.s == nil || !s.readOnly:
 		return !localOnly(s.query) && c.forwarding()
 	}
-	return false
+	return c.stale()
 }
 
 // localOnly reports whether query writes only this node's files, and so is
@@ -278,43 +291,3 @@ func mayWrite(query string) bool {
 	return true
 }
 
-// sessionPragmas are the connection settings that change what a write
-// does. One that a connection sets is set again on each session through
-// which it forwards statements, so that they run there as they would here.
-var sessionPragmas = map[string]bool{
-	"foreign_keys": true, "defer_foreign_keys": true, "recursive_triggers": true,
-	"case_sensitive_like": true, "ignore_check_constraints": true, "legacy_alter_table": true,
-	"query_only": true, "trusted_schema": true, "reverse_unordered_selects": true,
-	"automatic_index": true, "temp_store": true, "cell_size_check": true,
-}
-
-// noteSetting records a connection setting that the statement just run
-// (sql) made, if it made one (the authorizer saw it). c.mu is held.
-func (c *conn) noteSetting(sql string) {
-	name := c.setting
-	c.setting = ""
-	if name == "" || c.server {
-		return
-	}
-	if c.settings == nil {
-		c.settings = map[string]string{}
-	}
-	if _, ok := c.settings[name]; !ok {
-		c.settingOrder = append(c.settingOrder, name)
-	}
-	c.settings[name] = strings.TrimSpace(sql)
-	c.settingsVersion++
-	if rc := c.fwd.Load(); rc != nil {
-		rc.setup = c.settingList()
-		rc.setupVersion = c.settingsVersion
-	}
-}
-
-// settingList returns the statements that make the connection's settings.
-func (c *conn) settingList() []string {
-	l := make([]string, 0, len(c.settingOrder))
-	for _, name := range c.settingOrder {
-		l = append(l, c.settings[name])
-	}
-	return l
-}

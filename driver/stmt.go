@@ -230,6 +230,8 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	}
 	if !s.readOnly {
 		c.committed(ctx)
+	} else if !c.inTx {
+		c.settings.note(s.query)
 	}
 	var changes int64
 	if c.raw.TotalChanges() != total {
@@ -283,6 +285,7 @@ type rows struct {
 	declNames []string // declared types, upper-cased
 	decl      []kind   // what each declared type reads back as
 	aborted   error    // closed under the application, with this cause
+	lost      error    // what Close reports for a write ended under the application
 	done      bool
 }
 
@@ -296,6 +299,9 @@ func (r *rows) abort(cause error) {
 	r.s.s.Reset()                // may end an autocommit write, whose commit then fails:
 	r.s.c.db.TakeError(r.s.c.id) // its cause is this abort's, not a later statement's
 	r.aborted = cause
+	if !r.s.readOnly {
+		r.lost = cause // a write ended so did not commit, or failed: Close says so
+	}
 	delete(r.s.c.rows, r)
 }
 
@@ -336,7 +342,9 @@ func (r *rows) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r.aborted != nil {
-		return nil
+		err := r.lost
+		r.lost = nil
+		return err
 	}
 	r.aborted = errors.New("dqlite: rows are closed")
 	delete(c.rows, r)
