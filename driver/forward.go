@@ -39,10 +39,10 @@ type rconn struct {
 	// settings are run on each session before anything else outside a
 	// transaction (session.setupVersion says which version ran there).
 	settings *settings
-	inTx         bool                // a transaction is open on the leader
-	doomed       error               // it was rolled back under the application
-	commit       uint64              // Raft index of the last commit the leader reported
-	rows         map[*rrows]struct{} // open result sets
+	inTx     bool                // a transaction is open on the leader
+	doomed   error               // it was rolled back under the application
+	commit   uint64              // Raft index of the last commit the leader reported
+	rows     map[*rrows]struct{} // open result sets
 }
 
 // reqFlags go with every Exec, Query and Begin.

@@ -290,4 +290,3 @@ func mayWrite(query string) bool {
 	}
 	return true
 }
-
