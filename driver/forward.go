@@ -372,7 +372,13 @@ func (rc *rconn) begin(ctx context.Context, readOnly bool) error {
 	if readOnly {
 		v |= 1
 	}
-	return rc.simple(ctx, wire.Begin, v)
+	err := rc.simple(ctx, wire.Begin, v)
+	var lost *lostError
+	if errors.As(err, &lost) {
+		// A BEGIN writes nothing: whatever became of it, nothing committed.
+		return fmt.Errorf("dqlite: the connection to the leader broke before the transaction began (%v)", lost.cause)
+	}
+	return err
 }
 
 // end commits or rolls back the open transaction.

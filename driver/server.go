@@ -126,7 +126,7 @@ func (cur *cursor) end() error {
 }
 
 // helloTimeout bounds the wait for a new connection's version and hello.
-const helloTimeout = 10 * time.Second
+const helloTimeout = 5 * time.Second
 
 // batch limits: a batch of rows ends after this many rows or bytes.
 const (

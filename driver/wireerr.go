@@ -104,9 +104,17 @@ func getError(r *wire.Reader) error {
 // errLost is the outcome of a statement or commit whose connection to the
 // leader broke before the answer came: it may or may not have committed.
 func errLost(err error) error {
-	return fmt.Errorf("%w: the connection to the leader broke before it answered, so the outcome is unknown (%v)",
-		errs.ErrLeadershipLost, err)
+	return &lostError{fmt.Errorf("%w: the connection to the leader broke before it answered, so the outcome is unknown (%v)",
+		errs.ErrLeadershipLost, err), err}
 }
+
+// lostError is errLost's error; cause is the connection's.
+type lostError struct {
+	error
+	cause error
+}
+
+func (e *lostError) Unwrap() error { return e.error }
 
 // errRolledBack is the error of a forwarded transaction whose connection
 // to the leader broke: the leader rolls it back, as it does every
