@@ -506,10 +506,8 @@ func (c *conn) Begin() (driver.Tx, error) {
 // queue instead of failing with SQLITE_BUSY; elsewhere it is DEFERRED, and
 // its first write fails with ErrNotLeader.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	switch sql.IsolationLevel(opts.Isolation) {
-	case sql.LevelDefault, sql.LevelSerializable, sql.LevelLinearizable:
-	default:
-		return nil, errors.New("dqlite: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
+	if err := checkIsolation(opts); err != nil {
+		return nil, err
 	}
 	if err := c.enter(); err != nil {
 		return nil, err
@@ -546,6 +544,16 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 }
 
 // tx is a transaction begun with BeginTx (ctx is BeginTx's).
+// checkIsolation accepts the isolation levels a transaction has: SQLite's
+// are serializable, and commits are linearizable.
+func checkIsolation(opts driver.TxOptions) error {
+	switch sql.IsolationLevel(opts.Isolation) {
+	case sql.LevelDefault, sql.LevelSerializable, sql.LevelLinearizable:
+		return nil
+	}
+	return errors.New("dqlite: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
+}
+
 type tx struct {
 	c   *conn
 	ctx context.Context

@@ -301,15 +301,21 @@ func (rc *rconn) readFlags(ctx context.Context) uint64 {
 	return 0
 }
 
-// exec runs a statement, or a script without arguments, on the leader.
-func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	_, r, err := rc.do(ctx, kindOf(query), func(w *wire.Writer) error {
-		w.Reset(wire.Exec)
+// statement builds an Exec or Query request (t) of query with args, at
+// ctx's read level and index.
+func (rc *rconn) statement(ctx context.Context, t wire.Type, query string, args []driver.NamedValue) func(*wire.Writer) error {
+	return func(w *wire.Writer) error {
+		w.Reset(t)
 		w.Uint(rc.readFlags(ctx))
 		w.Uint(afterOf(ctx))
 		w.String(query)
 		return putArgs(w, args)
-	})
+	}
+}
+
+// exec runs a statement, or a script without arguments, on the leader.
+func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	_, r, err := rc.do(ctx, kindOf(query), rc.statement(ctx, wire.Exec, query, args))
 	if err != nil {
 		return nil, err
 	}
@@ -322,13 +328,7 @@ func (rc *rconn) exec(ctx context.Context, query string, args []driver.NamedValu
 
 // query runs a statement on the leader and returns its rows.
 func (rc *rconn) query(ctx context.Context, query string, args []driver.NamedValue) (*rrows, error) {
-	typ, r, err := rc.do(ctx, reqStart, func(w *wire.Writer) error {
-		w.Reset(wire.Query)
-		w.Uint(rc.readFlags(ctx))
-		w.Uint(afterOf(ctx))
-		w.String(query)
-		return putArgs(w, args)
-	})
+	typ, r, err := rc.do(ctx, reqStart, rc.statement(ctx, wire.Query, query, args))
 	if err != nil {
 		return nil, err
 	}

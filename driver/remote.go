@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"net"
 	"reflect"
 	"sync"
@@ -147,10 +145,8 @@ func (c *remoteConn) Begin() (driver.Tx, error) {
 }
 
 func (c *remoteConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	switch sql.IsolationLevel(opts.Isolation) {
-	case sql.LevelDefault, sql.LevelSerializable, sql.LevelLinearizable:
-	default:
-		return nil, errors.New("dqlite: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
+	if err := checkIsolation(opts); err != nil {
+		return nil, err
 	}
 	if err := c.enter(); err != nil {
 		return nil, err
