@@ -72,8 +72,8 @@ var (
 // open, so that a Close racing with it still closes it; c.mu is held until
 // it is whole, and a connection that failed to open is marked closed, so
 // Abort never meets a half-built one.
-func newConn(ctx context.Context, b Backend, db Database, name string, opts Options) (_ *conn, err error) {
-	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout(), name: name, opts: opts, settings: &settings{}}
+func newConn(ctx context.Context, b Backend, db Database, name string, opts Options, server bool) (_ *conn, err error) {
+	c := &conn{backend: b, db: db, busyTimeout: b.BusyTimeout(), name: name, opts: opts, server: server, settings: &settings{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.id, c.untrack = b.Track(c)
@@ -477,7 +477,7 @@ func (c *conn) trackTx(query string, err error) {
 	// a successful one that ends it (COMMIT, RELEASE of the outermost
 	// savepoint) did so on purpose.
 	if was && err != nil && !endsTx(query) {
-		c.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", err)
+		c.doomed = txRolledBack(err)
 	}
 }
 

@@ -218,5 +218,5 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err := db.Failed(); err != nil {
 		return nil, err
 	}
-	return newConn(ctx, c.backend, db, c.name, c.opts)
+	return newConn(ctx, c.backend, db, c.name, c.opts, false)
 }

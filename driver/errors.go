@@ -12,6 +12,12 @@ import (
 
 var errReadOnlyTx = errors.New("dqlite: write in a read-only transaction")
 
+// txRolledBack is the error of a transaction rolled back under the
+// application because of err: its later statements and its end return it.
+func txRolledBack(err error) error {
+	return fmt.Errorf("dqlite: the transaction was rolled back: %w", err)
+}
+
 var errWriteRowsOpen = errors.New("dqlite: a statement that writes cannot run outside a transaction while the rows " +
 	"of another one that writes (INSERT … RETURNING) are open on the same connection: close them first, or use a transaction")
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ncruces/go-sqlite3"
+
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/wire"
 )
@@ -118,10 +120,7 @@ func (rc *rconn) do(ctx context.Context, kind reqKind, build func(w *wire.Writer
 		if rc.s == nil && kind == reqCursor {
 			return 0, nil, errors.New("dqlite: the connection to the leader ended while rows were read")
 		}
-		if rc.s == nil {
-			if rc.inTx {
-				return 0, nil, rc.doom(errRolledBack(errors.New("no session")))
-			}
+		if rc.s == nil { // close ended any transaction: nothing is open on the leader
 			cctx, cancel := context.WithCancel(ctx)
 			go func() {
 				select {
@@ -193,7 +192,7 @@ func (rc *rconn) do(ctx context.Context, kind reqKind, build func(w *wire.Writer
 			// back); the next transaction finds the leader.
 			rc.close()
 			if !ends {
-				rc.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", ferr)
+				rc.doomed = txRolledBack(ferr)
 			}
 			return 0, nil, ferr
 		}
@@ -202,9 +201,9 @@ func (rc *rconn) do(ctx context.Context, kind reqKind, build func(w *wire.Writer
 			// (leadership lost, an interrupt, INSERT OR ROLLBACK): it
 			// was rolled back, and the rest of it must not run as
 			// autocommit statements. Its end tells the leader so.
-			rc.doomed = fmt.Errorf("dqlite: the transaction was rolled back: %w", ferr)
+			rc.doomed = txRolledBack(ferr)
 		}
-		if ctx.Err() != nil && (errors.Is(ferr, context.Canceled) || isInterrupt(ferr)) {
+		if ctx.Err() != nil && (errors.Is(ferr, context.Canceled) || errors.Is(ferr, sqlite3.INTERRUPT)) {
 			return 0, nil, ctx.Err()
 		}
 		return 0, nil, ferr
@@ -217,11 +216,7 @@ func (rc *rconn) do(ctx context.Context, kind reqKind, build func(w *wire.Writer
 func (rc *rconn) runSetup(ctx context.Context, l []string, v uint64) error {
 	s := rc.s
 	for _, q := range l {
-		s.w.Reset(wire.Exec)
-		s.w.Uint(0)
-		s.w.Uint(0)
-		s.w.String(q)
-		s.w.Uint(0)
+		putStatement(&s.w, wire.Exec, 0, 0, q, nil)
 		typ, r, err := s.call(ctx)
 		if err != nil {
 			rc.close()
@@ -258,11 +253,6 @@ func simpleKind(t wire.Type) reqKind {
 		return reqEnd
 	}
 	return reqStart
-}
-
-func isInterrupt(err error) bool {
-	var re *RemoteError
-	return errors.As(err, &re) && re.code == 9 // SQLITE_INTERRUPT
 }
 
 // abandon ends a session that answered what cannot be decoded: a
@@ -305,12 +295,18 @@ func (rc *rconn) readFlags(ctx context.Context) uint64 {
 // ctx's read level and index.
 func (rc *rconn) statement(ctx context.Context, t wire.Type, query string, args []driver.NamedValue) func(*wire.Writer) error {
 	return func(w *wire.Writer) error {
-		w.Reset(t)
-		w.Uint(rc.readFlags(ctx))
-		w.Uint(afterOf(ctx))
-		w.String(query)
-		return putArgs(w, args)
+		return putStatement(w, t, rc.readFlags(ctx), afterOf(ctx), query, args)
 	}
+}
+
+// putStatement writes an Exec or Query request (t): read flags, the index
+// to wait for, the statement and its arguments.
+func putStatement(w *wire.Writer, t wire.Type, flags, after uint64, query string, args []driver.NamedValue) error {
+	w.Reset(t)
+	w.Uint(flags)
+	w.Uint(after)
+	w.String(query)
+	return putArgs(w, args)
 }
 
 // exec runs a statement, or a script without arguments, on the leader.
@@ -462,6 +458,12 @@ func (rs *rrows) batch(r *wire.Reader) error {
 
 func (rs *rrows) Columns() []string { return rs.cols }
 
+// finish marks the rows' cursor over: nothing more comes from the leader.
+func (rs *rrows) finish() {
+	rs.done = true
+	delete(rs.rc.rows, rs)
+}
+
 // sessionGone returns an error if the session of the rows' cursor broke:
 // their statement is over on the leader (a write of it, ended by the
 // session's end, committed: the outcome is unknown). Their requests are
@@ -471,8 +473,7 @@ func (rs *rrows) sessionGone() error {
 	if s == rs.s && s.broken == nil && !s.idleBroken() {
 		return nil
 	}
-	rs.done = true
-	delete(rs.rc.rows, rs)
+	rs.finish()
 	err := errors.New("dqlite: the connection to the leader broke while rows were read")
 	if s == rs.s {
 		err = s.broken
@@ -502,15 +503,14 @@ func (rs *rrows) next(dest []driver.Value) error {
 			return nil
 		})
 		if err != nil {
-			rs.done = true
-			delete(rs.rc.rows, rs)
+			rs.finish()
 			return err
 		}
 		if err := rs.batch(r); err != nil {
 			return rs.rc.abandon(err)
 		}
 		if rs.done {
-			delete(rs.rc.rows, rs)
+			rs.finish()
 		}
 	}
 	copy(dest, rs.buf[0])
@@ -529,8 +529,7 @@ func (rs *rrows) close() error {
 	if rs.done {
 		return nil
 	}
-	rs.done = true
-	delete(rs.rc.rows, rs)
+	rs.finish()
 	if err := rs.sessionGone(); err != nil {
 		return err
 	}

@@ -196,7 +196,6 @@ func (c *conn) readIndex(ctx context.Context) (uint64, error) {
 			return i, err
 		}
 		// The connection to the leader broke: nothing ran, ask again.
-		c.fwdConn().doomed = nil
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()

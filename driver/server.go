@@ -25,7 +25,7 @@ func Serve(ctx context.Context, nc net.Conn, b Backend) {
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 	defer nc.Close()
-	sv := &server{b: b, nc: nc, stmts: map[string]*stmt{}, cursors: map[uint64]*cursor{}}
+	sv := &server{b: b, stmts: map[string]*stmt{}, cursors: map[uint64]*cursor{}}
 	defer sv.close()
 	br := bufio.NewReaderSize(nc, 64<<10)
 	// The version and the hello come within helloTimeout, and the hello is
@@ -58,7 +58,15 @@ func Serve(ctx context.Context, nc net.Conn, b Backend) {
 	reqs := make(chan frame)
 	var mu sync.Mutex
 	var interrupt context.CancelFunc
+	read := make(chan struct{})
+	defer func() {
+		// The reader ends with the connection: Serve returns after it.
+		cancel()
+		nc.Close()
+		<-read
+	}()
 	go func() {
+		defer close(read)
 		defer close(reqs)
 		var buf []byte
 		for {
@@ -101,7 +109,6 @@ func Serve(ctx context.Context, nc net.Conn, b Backend) {
 
 type server struct {
 	b       Backend
-	nc      net.Conn
 	c       *conn // nil until Hello
 	w       wire.Writer
 	stmts   map[string]*stmt // prepared statements, by their SQL
@@ -277,13 +284,12 @@ func (sv *server) hello(ctx context.Context, r *wire.Reader) bool {
 		err = db.Failed()
 	}
 	if err == nil {
-		sv.c, err = newConn(ctx, sv.b, db, name, Options{})
+		sv.c, err = newConn(ctx, sv.b, db, name, Options{}, true)
 	}
 	if err != nil {
 		sv.fail(err)
 		return false
 	}
-	sv.c.server = true
 	id, addr := sv.b.Self()
 	sv.w.Reset(wire.Welcome)
 	sv.w.Bool(true)
