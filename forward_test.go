@@ -327,15 +327,7 @@ func TestForward_FollowsLeadershipTransfer(t *testing.T) {
 	id := int64(0)
 	write := func(i int) error {
 		id++
-		db := c.db(i, "tr.db")
-		tx, err := db.Begin()
-		if err == nil {
-			if _, err = tx.Exec(`INSERT INTO t VALUES (?)`, id); err == nil {
-				err = tx.Commit()
-			} else {
-				tx.Rollback()
-			}
-		}
+		err := execInTx(c.db(i, "tr.db"), `INSERT INTO t VALUES (?)`, id)
 		o.record(id, err)
 		return err
 	}

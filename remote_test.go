@@ -116,6 +116,19 @@ func TestRemote_BadInput(t *testing.T) {
 	}
 }
 
+// execInTx runs one statement in a transaction of its own and commits it.
+func execInTx(db *sql.DB, query string, args ...any) error {
+	tx, err := db.Begin()
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(query, args...); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
 // TestForward_LeaderKilled writes through every node while the leader is
 // stopped and later restarted: every acknowledged write is everywhere,
 // nothing reported failed is anywhere.
@@ -143,14 +156,7 @@ func TestForward_LeaderKilled(t *testing.T) {
 				if id%2 == 0 {
 					_, err = dbs[i].Exec(`INSERT INTO t VALUES (?, ?)`, id, i)
 				} else {
-					var tx *sql.Tx
-					if tx, err = dbs[i].Begin(); err == nil {
-						if _, err = tx.Exec(`INSERT INTO t VALUES (?, ?)`, id, i); err == nil {
-							err = tx.Commit()
-						} else {
-							tx.Rollback()
-						}
-					}
+					err = execInTx(dbs[i], `INSERT INTO t VALUES (?, ?)`, id, i)
 				}
 				o.record(id, err)
 				if err == nil {
