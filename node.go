@@ -355,6 +355,7 @@ func (n *Node) database(ctx context.Context, name string, forward bool) (*fsm.DB
 		ctx, cancel = context.WithTimeout(ctx, n.cfg.OpenTimeout)
 		defer cancel()
 	}
+	asked := false // the leader answered a request to create it
 	for {
 		if err := n.checkOpen(); err != nil {
 			return nil, err
@@ -371,8 +372,11 @@ func (n *Node) database(ctx context.Context, name string, forward bool) (*fsm.DB
 			if err == nil {
 				continue
 			}
-		} else if forward && errors.Is(err, ErrNotLeader) {
-			err = n.createOnLeader(ctx, name)
+		} else if forward && !asked && errors.Is(err, ErrNotLeader) {
+			// Once the leader has it, this node only waits to apply it.
+			if err = n.createOnLeader(ctx, name); err == nil {
+				asked = true
+			}
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, ErrInvalidName) {
 			return nil, err
