@@ -135,8 +135,9 @@ type Config struct {
 
 // hooks let tests stop the write path at precise points.
 type hooks struct {
-	beforePropose func() // before raft.Apply of a transaction
-	afterCommit   func() // Raft committed a transaction; its commit frame is not written yet
+	beforePropose func()                  // before raft.Apply of a batch of transactions
+	afterCommit   func()                  // Raft committed a batch; the next is not taken yet
+	beforeBatch   func(queued func() int) // transactions are queued, none in flight
 }
 
 // DefaultConfig returns a Config with every default filled in.

@@ -70,16 +70,22 @@ type scenario struct {
 	at         string // "proposed", "appended" or "committed"
 	quorum     bool   // a quorum remains without the deposed leader
 	sameLeader bool   // the deposed leader is elected again
+	k          int    // transactions in flight (one batch of the pipeline)
 }
 
 func TestCluster_DeposeLeaderMatrix(t *testing.T) {
-	for _, at := range []string{"proposed", "appended", "committed"} {
-		for _, quorum := range []bool{true, false} {
-			for _, same := range []bool{true, false} {
-				s := scenario{at, quorum, same}
-				t.Run(fmt.Sprintf("%s/quorum=%v/sameLeader=%v", at, quorum, same), func(t *testing.T) {
-					runScenario(t, s)
-				})
+	for _, k := range []int{1, 2, 8} {
+		for _, at := range []string{"proposed", "appended", "committed"} {
+			for _, quorum := range []bool{true, false} {
+				for _, same := range []bool{true, false} {
+					if k == 2 && same {
+						continue // k = 1 and 8 cover a re-elected leader
+					}
+					s := scenario{at, quorum, same, k}
+					t.Run(fmt.Sprintf("k=%d/%s/quorum=%v/sameLeader=%v", k, at, quorum, same), func(t *testing.T) {
+						runScenario(t, s)
+					})
+				}
 			}
 		}
 	}
@@ -133,43 +139,68 @@ func runScenario(t *testing.T, s scenario) {
 		h.afterCommit = once(depose)
 	}
 
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(`INSERT INTO t VALUES (100, random())`); err != nil {
-		t.Fatal(err)
-	}
-	commitErr := tx.Commit()
-	err = commitErr
-	o.record(100, err)
-	switch s.at {
-	case "proposed":
-		if !errors.Is(err, ErrNotLeader) {
-			t.Fatalf("commit: got %v, want ErrNotLeader", err)
+	// The k transactions go out as one batch: the proposer waits for them.
+	var gathered atomic.Bool
+	gathered.Store(true)
+	h.beforeBatch = func(queued func() int) {
+		if gathered.CompareAndSwap(true, false) {
+			waitFor(t, 10*time.Second, fmt.Sprintf("%d transactions queued", s.k), func() bool { return queued() >= s.k })
 		}
-	case "appended":
-		if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNoQuorum) {
-			t.Fatalf("commit: got %v, want ErrLeadershipLost or ErrNoQuorum", err)
-		}
-	case "committed":
+	}
+	conns := make([]*sql.Conn, s.k)
+	for i := range conns {
+		conn, err := db.Conn(context.Background())
 		if err != nil {
-			t.Fatalf("commit of a committed entry: %v", err)
+			t.Fatal(err)
 		}
+		defer conn.Close()
+		conns[i] = conn
 	}
-	// No reader on the deposed leader sees a failed transaction.
-	if err != nil {
-		var n int
-		if err := conn.QueryRowContext(context.Background(), `SELECT count(*) FROM t WHERE id = 100`).Scan(&n); err != nil {
-			t.Fatalf("connection unusable after the failed commit: %v", err)
+	errs := make([]error, s.k)
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tx, err := conn.BeginTx(context.Background(), nil)
+			if err == nil {
+				if _, err = tx.Exec(`INSERT INTO t VALUES (?, random())`, 100+i); err == nil {
+					err = tx.Commit()
+				} else {
+					tx.Rollback()
+				}
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	var commitErr error
+	for i, err := range errs {
+		o.record(int64(100+i), err)
+		switch s.at {
+		case "proposed":
+			if !errors.Is(err, ErrNotLeader) {
+				t.Fatalf("commit %d: got %v, want ErrNotLeader", i, err)
+			}
+		case "appended":
+			if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNoQuorum) {
+				t.Fatalf("commit %d: got %v, want ErrLeadershipLost or ErrNoQuorum", i, err)
+			}
+		case "committed":
+			if err != nil {
+				t.Fatalf("commit %d of a committed entry: %v", i, err)
+			}
 		}
-		if n != 0 {
-			t.Fatal("the failed transaction is visible on the old leader")
+		commitErr = err
+		// No reader on the deposed leader sees a failed transaction.
+		if err != nil {
+			var n int
+			if err := conns[i].QueryRowContext(context.Background(), `SELECT count(*) FROM t WHERE id = ?`, 100+i).Scan(&n); err != nil {
+				t.Fatalf("connection unusable after the failed commit: %v", err)
+			}
+			if n != 0 {
+				t.Fatal("the failed transaction is visible on the old leader")
+			}
 		}
 	}
 
@@ -193,14 +224,14 @@ func runScenario(t *testing.T, s scenario) {
 
 	// Writes work again, on the same connection where it is the leader's.
 	writer := c.db(want, "test.db")
-	_, err = writer.Exec(`INSERT INTO t VALUES (200, random())`)
+	_, err := writer.Exec(`INSERT INTO t VALUES (200, random())`)
 	o.record(200, err)
 	if err != nil {
 		t.Fatalf("write after recovery: %v", err)
 	}
 	c.check("test.db", `SELECT id FROM t`, o)
-	present := ids(t, c.db(want, "test.db"), `SELECT id FROM t WHERE id = 100`)[100]
-	t.Logf("transaction present after recovery: %v (client told %v)", present, commitErr)
+	present := ids(t, c.db(want, "test.db"), `SELECT id FROM t WHERE id >= 100 AND id < 200`)
+	t.Logf("%d of %d transactions present after recovery (clients told %v)", len(present), s.k, commitErr)
 }
 
 // transferLeadership makes node want the ready leader, retrying while

@@ -49,6 +49,7 @@ type Node struct {
 	closed   bool
 	epoch    uint64 // changes whenever readiness is lost or leadership changes
 	ready    bool   // leader, and every entry of earlier terms applied
+	term     uint64 // the Raft term in which it became ready
 	conns    map[uint64]driver.Aborter
 	nextConn uint64
 }
@@ -122,6 +123,9 @@ func New(cfg Config) (*Node, error) {
 		CheckpointFrames: uint32(cfg.CheckpointFrames),
 		Logger:           cfg.Logger,
 		Propose:          n.propose,
+		CheckWrite:       n.checkLeader,
+		Unready:          n.unready,
+		Term:             n.readyTerm,
 		SnapshotIndex:    snaps.LatestIndex,
 		DiskError: func(error) {
 			n.diskErrAt.Store(time.Now().UnixNano())
@@ -135,6 +139,11 @@ func New(cfg Config) (*Node, error) {
 		n.fsm.SetAfterCommit(func() {
 			if h.afterCommit != nil {
 				h.afterCommit()
+			}
+		})
+		n.fsm.SetBeforeBatch(func(queued func() int) {
+			if h.beforeBatch != nil {
+				h.beforeBatch(queued)
 			}
 		})
 	}
@@ -513,7 +522,10 @@ func (n *Node) propose(cmd []byte) error {
 			n.unready()
 			return ErrClosed
 		}
-		return err
+		// Anything else (the leader's log refused the append): the
+		// outcome is not known for sure.
+		n.unready()
+		return fmt.Errorf("%w: %v", ErrLeadershipLost, err)
 	case <-timer.C:
 		// The entry is in our log and may still commit. Until it is
 		// applied, no later transaction may be built: its pages would
@@ -556,13 +568,25 @@ func (n *Node) abortAll(cause error, closing bool) {
 // unless leadership changed meanwhile.
 func (n *Node) barrier(epoch uint64) {
 	defer n.wg.Done()
+	term := n.raft.CurrentTerm()
 	err := n.await(n.raft.Barrier(0))
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if err == nil && epoch == n.epoch && !n.closed && n.raft.State() == raft.Leader {
+	if err == nil && epoch == n.epoch && !n.closed && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
 		n.ready = true
+		n.term = term
 		n.cfg.Logger.Info("leader ready", "node", n.cfg.ID)
 	}
+}
+
+// readyTerm returns the Raft term of this node's ready leadership, or 0.
+func (n *Node) readyTerm() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.ready {
+		return 0
+	}
+	return n.term
 }
 
 // await waits for a Raft future, or for Close. hashicorp/raft drops some

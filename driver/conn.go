@@ -91,6 +91,12 @@ func newConn(ctx context.Context, b Backend, db Database, name string, opts Opti
 	if err != nil {
 		return nil, err
 	}
+	// No checkpoint on close: the leader's WAL may hold transactions Raft
+	// has not committed (the node's own connection closes last anyway).
+	if _, err := c.raw.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
+		c.raw.Close()
+		return nil, err
+	}
 	if err := c.raw.Exec(`PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=NORMAL`); err != nil {
 		return nil, err
 	}
@@ -221,7 +227,13 @@ func (c *conn) checkWrite() error {
 	if err := c.db.Failed(); err != nil {
 		return err
 	}
-	return c.backend.CheckLeader()
+	if err := c.backend.CheckLeader(); err != nil {
+		return err
+	}
+	if !c.inTx {
+		c.db.Admit() // a write transaction begins
+	}
+	return nil
 }
 
 // guardWriteLock runs after a statement: a connection may hold SQLite's
@@ -241,12 +253,17 @@ func (c *conn) guardWriteLock() error {
 }
 
 // committed runs after a statement that may have committed a write, run
-// with ctx.
-func (c *conn) committed(ctx context.Context) {
-	if !c.inTx {
-		c.noteCommit(ctx)
-		c.db.Checkpoint()
+// with ctx: outside a transaction it waits until Raft committed what the
+// statement committed locally, and returns the error if that failed.
+func (c *conn) committed(ctx context.Context) error {
+	if c.inTx {
+		return nil
 	}
+	if err := c.db.Await(c.id); err != nil {
+		return err
+	}
+	c.noteCommit(ctx)
+	return nil
 }
 
 // noteCommit records the index of what this connection just committed.
@@ -445,18 +462,17 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		if err := c.guardWriteLock(); err != nil {
 			return nil, err
 		}
-		if !c.inTx {
-			// Noted at once: a later statement of the script may fail, and
-			// a client of this connection must know that this one
-			// committed (it must not send the script again).
-			c.noteCommit(ctx)
+		// Awaited and noted at once: a later statement of the script may
+		// fail, and a client of this connection must know that this one
+		// committed (it must not send the script again).
+		if err := c.committed(ctx); err != nil {
+			return nil, err
 		}
 		if c.raw.TotalChanges() != changed {
 			changes += c.raw.Changes() // only INSERT, UPDATE and DELETE set it
 		}
 		tail = rest
 	}
-	c.committed(ctx)
 	return result{c.insertedID(lastID, total), changes}, nil
 }
 
@@ -532,12 +548,35 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	begin := `BEGIN DEFERRED`
 	if !opts.ReadOnly && c.db.Failed() == nil && c.backend.CheckLeader() == nil {
 		begin = `BEGIN IMMEDIATE`
+		c.db.Admit()
 	}
-	if err := c.raw.Exec(begin); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	for {
+		cuts := c.db.Cuts()
+		err := c.raw.Exec(begin)
+		if err == nil && begin == `BEGIN DEFERRED` {
+			// Take the snapshot now, and wait until what it holds is
+			// committed: every read of the transaction uses it.
+			err = c.raw.Exec(`SELECT 1 FROM sqlite_schema LIMIT 1`)
+			if err == nil {
+				var retry bool
+				if retry, err = c.db.Fence(ctx, cuts); err == nil && retry {
+					c.raw.Exec(`ROLLBACK`)
+					if err = c.db.Failed(); err == nil {
+						continue
+					}
+				}
+			}
+			if err != nil {
+				c.raw.Exec(`ROLLBACK`)
+			}
 		}
-		return nil, c.mapErr(err)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, c.mapErr(err)
+		}
+		break
 	}
 	c.inTx, c.roTx = true, opts.ReadOnly
 	return tx{c, ctx}, nil
@@ -579,8 +618,7 @@ func (t tx) Commit() error {
 	}
 	c.inTx, c.roTx = false, false
 	if err == nil {
-		c.noteCommit(t.ctx)
-		c.db.Checkpoint()
+		err = c.committed(t.ctx)
 	}
 	return err
 }

@@ -83,8 +83,16 @@ type Database interface {
 	Settle(conn uint64)           // a statement of conn returned
 	Settled() <-chan struct{}     // closed when the next statement returns
 	TakeIndex(conn uint64) uint64 // Raft index of conn's last commit
-	Checkpoint()                  // checkpoint if the WAL is long; never waits
 	Failed() error                // non-nil once this node's copy stopped
+	// Await waits until what conn's last statement committed locally is
+	// committed by Raft (nil), or failed.
+	Await(conn uint64) error
+	// Cuts and Fence keep reads from seeing what is not committed: Cuts
+	// before a read's snapshot is taken, Fence after (see fsm.DB.Fence).
+	Cuts() uint64
+	Fence(ctx context.Context, cuts uint64) (retry bool, err error)
+	// Admit waits while the leader drains its writes for a checkpoint.
+	Admit()
 }
 
 // Driver implements database/sql/driver.Driver and DriverContext.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/godqlite/dqlite/internal/errs"
 )
 
 // CheckNamedValue accepts what SQLite can bind.
@@ -229,7 +231,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 		return nil, err
 	}
 	if !s.readOnly {
-		c.committed(ctx)
+		if err := c.committed(ctx); err != nil {
+			return nil, err
+		}
 	} else if !c.inTx {
 		c.settings.note(s.query)
 	}
@@ -287,6 +291,7 @@ type rows struct {
 	aborted   error    // closed under the application, with this cause
 	lost      error    // what Close reports for a write ended under the application
 	done      bool
+	fenced    bool // the first step is taken
 }
 
 var (
@@ -321,13 +326,22 @@ func (r *rows) Next(dest []driver.Value) error {
 		defer c.raw.SetInterrupt(old)
 	}
 	st := r.s.s
-	c.running = r.s.kind
-	stepped := st.Step()
-	c.running = ""
+	stepped, err := r.step()
+	if err != nil {
+		r.done = true
+		return err
+	}
 	if !stepped {
 		r.done = true
 		if err := st.Err(); err != nil {
 			return c.mapErr(err)
+		}
+		if !r.s.readOnly {
+			// An autocommit write (INSERT … RETURNING) committed with
+			// this step.
+			if err := c.committed(r.ctx); err != nil {
+				return err
+			}
 		}
 		return io.EOF
 	}
@@ -361,9 +375,44 @@ func (r *rows) Close() error {
 	}
 	c.trackTx(r.s.s.SQL(), err)
 	if !r.s.readOnly && err == nil {
-		c.committed(r.ctx)
+		err = c.committed(r.ctx)
 	}
 	return err
+}
+
+// step steps the statement. The first step of a read outside a write
+// transaction takes its snapshot, which may hold the leader's transactions
+// that Raft has not committed yet: it waits until they are (DESIGN.md,
+// "Pipelined commits"), and starts again if one was cut instead.
+func (r *rows) step() (bool, error) {
+	c, st := r.s.c, r.s.s
+	fence := !r.fenced && r.s.readOnly && !c.roTx && c.raw.TxnState("main") != sqlite3.TXN_WRITE
+	r.fenced = true
+	for {
+		cuts := c.db.Cuts()
+		c.running = r.s.kind
+		stepped := st.Step()
+		c.running = ""
+		if !fence {
+			return stepped, nil
+		}
+		retry, err := c.db.Fence(r.ctx, cuts)
+		if err != nil {
+			st.Reset()
+			return false, err
+		}
+		if !retry {
+			return stepped, nil
+		}
+		st.Reset()
+		if err := c.db.Failed(); err != nil {
+			return false, err // closing: the cut frames are still there
+		}
+		if c.inTx {
+			// The transaction's snapshot is the one that was cut under it.
+			return false, fmt.Errorf("%w: the transaction read a write that then failed; run it again", errs.ErrLeadershipLost)
+		}
+	}
 }
 
 // columnValue reads column i of the current row as a driver.Value, given

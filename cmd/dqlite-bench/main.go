@@ -3,7 +3,7 @@
 //
 //	go run ./cmd/dqlite-bench [-duration 5s] [-workloads insert/1,insert/8,batch/1,read/1,read/8,linread/1]
 //	                          [-systems dqlite-go,dqlite-go/follower,dqlite-go/remote,sqlite-full,sqlite-normal,dqlite,rqlite] [-nodes 3]
-//	                          [-logstore bolt|wal] [-json]
+//	                          [-logstore wal|bolt] [-json]
 //
 //	go run ./cmd/dqlite-bench -workloads scale -size 1GiB [-duration 60s]
 //
@@ -97,7 +97,7 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	systems := fs.String("systems", "dqlite-go,dqlite-go/follower,dqlite-go/remote,sqlite-full,sqlite-normal,dqlite,rqlite", "systems to measure")
 	nodes := fs.Int("nodes", 3, "nodes per replicated system")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	logStore := fs.String("logstore", "bolt", "this project's Raft log store: bolt or wal")
+	logStore := fs.String("logstore", "wal", "this project's Raft log store: wal (the default of dqlite.Config) or bolt")
 	dir := fs.String("dir", "", "where data goes (default: a temporary directory, removed afterwards)")
 	size := fs.String("size", "1GiB", "the scale workload's database size, measured beside 10MiB")
 	if err := fs.Parse(args); err != nil {

@@ -14,7 +14,7 @@ import (
 // ErrFormat is returned when bytes are not a valid command.
 var ErrFormat = errors.New("command: invalid format")
 
-const version = 1
+const version = 2 // 2: Frames carries the term
 
 // Type identifies a command.
 type Type uint8
@@ -42,7 +42,11 @@ type Page struct {
 type Frames struct {
 	Database string
 	Origin   uint64 // ID of the node whose SQLite produced the frames
-	TxID     uint64 // unique per origin; matches the origin's pending transaction
+	TxID     uint64 // unique per origin; matches the origin's batch in flight
+	// Term is the Raft term of the leadership that built it (0: any). An
+	// entry the log holds at another term is not applied (see DESIGN.md,
+	// "Pipelined commits"): it was built on a state that term no longer has.
+	Term     uint64
 	PageSize uint32
 	DBSize   uint32 // database size in pages after the commit
 	Pages    []Page
@@ -50,7 +54,7 @@ type Frames struct {
 
 // Size returns the number of bytes EncodeFrames will produce.
 func (f *Frames) Size() int {
-	return 2 + 3*binary.MaxVarintLen64 + len(f.Database) + 8 + binary.MaxVarintLen64 + len(f.Pages)*(4+int(f.PageSize))
+	return 2 + 4*binary.MaxVarintLen64 + len(f.Database) + 8 + binary.MaxVarintLen64 + len(f.Pages)*(4+int(f.PageSize))
 }
 
 func appendString(b []byte, s string) []byte {
@@ -72,6 +76,7 @@ func EncodeFrames(f *Frames) []byte {
 	b = appendString(b, f.Database)
 	b = binary.AppendUvarint(b, f.Origin)
 	b = binary.AppendUvarint(b, f.TxID)
+	b = binary.AppendUvarint(b, f.Term)
 	b = binary.BigEndian.AppendUint32(b, f.PageSize)
 	b = binary.BigEndian.AppendUint32(b, f.DBSize)
 	b = binary.AppendUvarint(b, uint64(len(f.Pages)))
@@ -159,6 +164,7 @@ func Decode(b []byte) (any, error) {
 		f := &Frames{Database: d.name()}
 		f.Origin = d.uvarint("origin")
 		f.TxID = d.uvarint("tx id")
+		f.Term = d.uvarint("term")
 		f.PageSize = d.pageSize()
 		f.DBSize = d.uint32("database size")
 		n := d.uvarint("page count")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
 )
@@ -52,10 +51,9 @@ func (x *doneIndex) wait() <-chan struct{} {
 // applied: every reader on this node sees it and everything before it.
 func (f *FSM) AppliedIndex() uint64 { return f.done.v.Load() }
 
-// WaitApplied blocks until this node has applied the entry at index and
-// published it to its readers (on the leader, a local transaction's
-// commit frame is published by its own connection just after Raft commits
-// it), or until ctx is done or the FSM stops.
+// WaitApplied blocks until this node has applied the entry at index (on
+// the leader, claimed a batch of its own transactions, which their
+// connections published before), or until ctx is done or the FSM stops.
 func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 	for {
 		ch := f.done.wait()
@@ -70,35 +68,7 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 			return errs.ErrClosed
 		}
 	}
-	for _, d := range f.Databases() {
-		if err := d.waitPublished(ctx, index); err != nil {
-			return err
-		}
-	}
 	return nil
-}
-
-// waitPublished waits until no local transaction at or below index waits
-// for its commit frame to be published.
-func (d *DB) waitPublished(ctx context.Context, index uint64) error {
-	for {
-		d.mu.Lock()
-		p, settled := d.pending, d.settled
-		unpublished := p != nil && p.state == committed && p.index <= index
-		d.mu.Unlock()
-		if !unpublished {
-			return nil
-		}
-		select {
-		case <-settled:
-		case <-time.After(time.Millisecond): // the frame's writer may settle late
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if d.opts.stopping.Load() {
-			return errs.ErrClosed
-		}
-	}
 }
 
 // TakeIndex returns and forgets the Raft index of the last transaction that

@@ -87,7 +87,7 @@ func (a *appender) finish(index uint64, dbSize uint32, point string) error {
 		return err
 	}
 	a.d.applied.Store(index)
-	vfsCommitted(a.d, a.max)
+	vfs.Committed(a.d.path, a.max, int(a.d.pageSize), a.walHdr.Salt, a.walHdr.BigEndian)
 	return nil
 }
 
@@ -212,6 +212,20 @@ func (d *DB) maybeCheckpoint() {
 		return
 	}
 	defer d.ckptMu.Unlock()
+	// The committed state only: none of the leader's queued transactions,
+	// and local commits wait until it is done (DB.Commit).
+	d.mu.Lock()
+	if len(d.queue) > 0 || d.unrewound {
+		d.mu.Unlock()
+		return
+	}
+	d.ckptRun = true
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.openGateLocked()
+		d.mu.Unlock()
+	}()
 	d.apply.BusyTimeout(0)
 	defer d.apply.BusyTimeout(time.Second)
 	crashpoint.Hit("checkpoint-start")
@@ -239,5 +253,3 @@ func (d *DB) walSize() (int64, error) {
 	}
 	return fi.Size(), nil
 }
-
-func vfsCommitted(d *DB, last uint32) { vfs.Committed(d.path, last, int(d.pageSize)) }

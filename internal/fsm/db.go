@@ -15,8 +15,6 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
-	"github.com/godqlite/dqlite/internal/command"
-	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/vfs"
@@ -34,33 +32,26 @@ type Options struct {
 	CheckpointFrames uint32 // checkpoint once the WAL holds this many frames
 	Logger           *slog.Logger
 	Propose          Proposer
+	// CheckWrite, if set, returns why this node may not commit now (not
+	// the ready leader), or nil.
+	CheckWrite func() error
+	// Term, if set, returns the Raft term of this node's ready leadership,
+	// or 0: the pipeline's entries carry it.
+	Term func() uint64
+	// Unready, if set, is called when a batch of the pipeline failed: the
+	// node must roll back its open write transactions (they were built on
+	// the failed batch) and wait for a barrier before it writes again.
+	Unready func()
 	// DiskError, if set, is told when a write of this node's disk failed
-	// and is being retried (see DB.Retry): the node should stop leading.
+	// and is being retried: the node should stop leading.
 	DiskError func(err error)
 	// SnapshotIndex, if set, returns the Raft index of the snapshot that
 	// Restore is installing (the store's latest).
 	SnapshotIndex func() uint64
 
-	afterCommit func()       // test hook: see FSM.SetAfterCommit
-	stopping    *atomic.Bool // set by FSM.Stop
-}
-
-type txState int
-
-const (
-	replicating txState = iota // waiting for Raft
-	committed                  // applied by the FSM; commit frame not yet published
-	aborted                    // Raft failed; SQLite rolls it back
-)
-
-// pendingTx is the local write transaction being replicated. There is at
-// most one per database: its connection holds SQLite's write lock.
-type pendingTx struct {
-	id     uint64
-	conn   uint64
-	state  txState
-	change uint32 // wal-index change counter when the FSM marked it committed
-	index  uint64 // its Raft index, once committed
+	hooks    *atomic.Pointer[testHooks] // see FSM.SetAfterCommit and SetBeforeBatch
+	claimed  *pipeStats                 // see Stats
+	stopping *atomic.Bool               // set by FSM.Stop
 }
 
 // DB is one replicated database on one node.
@@ -70,12 +61,31 @@ type DB struct {
 	opts *Options
 
 	mu      sync.Mutex
-	pending *pendingTx        // local transaction in flight, if any
 	errs    map[uint64]error  // the real cause of a failed commit, per connection
 	commits map[uint64]uint64 // the Raft index of the last commit, per connection
 	settled chan struct{}     // closed, and replaced, whenever a statement returns
 	nextTx  uint64
 	failed  error // set when this node's copy diverged
+
+	// The pipeline (pipeline.go), under mu.
+	queue      []*ptx          // local transactions not yet committed or cut, in WAL order
+	inflight   *batch          // the batch Raft is replicating
+	base       wal.IndexHeader // the committed state's wal-index header, while queue is not empty
+	last       map[uint64]*ptx // each connection's last queued transaction, until awaited
+	broken     error           // a batch failed: commits are refused until the cut
+	unrewound  bool            // cut without the write lock (stopping): Close rewinds
+	ckptWant   bool            // draining for a checkpoint: new write transactions wait
+	ckptRun    bool            // the checkpoint runs: local commits wait
+	drainStart time.Time
+	gate       chan struct{} // closed and replaced when a drain ends
+	resolvedCh chan struct{} // closed and replaced when resolved moves
+	// written is the seq of the last queued transaction; resolved the
+	// seq up to which all are committed or cut; cuts counts the cuts.
+	written, resolved, cuts atomic.Uint64
+	wake                    chan struct{} // the proposer's
+	stop                    chan struct{} // closed by close
+	proposerDone            chan struct{}
+	proposing               bool // the proposer goroutine runs
 
 	// The follower path. applyMu serialises use of apply, the connection
 	// that holds the write lock while frames are appended, and of the
@@ -122,7 +132,8 @@ func (d *DB) PageSize() uint32 { return d.pageSize }
 // of the state its files hold (recoverDB), or nil for a new database.
 func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *DB, err error) {
 	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, commits: map[uint64]uint64{}, pageSize: pageSize, settled: make(chan struct{}),
-		nextTx: uint64(time.Now().UnixNano())}
+		nextTx: uint64(time.Now().UnixNano()), last: map[uint64]*ptx{}, gate: make(chan struct{}), resolvedCh: make(chan struct{}),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), proposerDone: make(chan struct{})}
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
 	if err != nil {
 		return nil, err
@@ -143,6 +154,11 @@ func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *
 	}
 	d.apply, err = sqlite3.Open(d.URI(0))
 	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	// The last connection to close would checkpoint: never while the
+	// leader's pipeline holds frames Raft did not commit.
+	if _, err := d.apply.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	// Page size first: it only takes effect on an empty database.
@@ -172,7 +188,12 @@ func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *
 	// Creating the database wrote its first page outside any transaction
 	// of the log: the next snapshot stores it (again, if it did already).
 	d.dirty.add(1)
-	return d, d.apply.BusyTimeout(time.Second)
+	if err := d.apply.BusyTimeout(time.Second); err != nil {
+		return nil, err
+	}
+	d.proposing = true
+	go d.propose()
+	return d, nil
 }
 
 func queryInt[T ~uint32 | ~int64](c *sqlite3.Conn, query string, v *T) error {
@@ -192,6 +213,7 @@ func queryInt[T ~uint32 | ~int64](c *sqlite3.Conn, query string, v *T) error {
 }
 
 func (d *DB) close() error {
+	d.stopProposer()
 	vfs.Unregister(d.path)
 	var errList []error
 	if d.rec != nil {
@@ -207,90 +229,6 @@ func (d *DB) close() error {
 		errList = append(errList, d.apply.Close())
 	}
 	return errors.Join(errList...)
-}
-
-// Commit implements vfs.Committer: it replicates one local transaction.
-func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
-	if tx.Overflow {
-		err := fmt.Errorf("%w: it wrote %d bytes of pages, the limit is %d", errs.ErrTxTooLarge, tx.Size, d.opts.MaxTxSize)
-		d.setErr(conn, err)
-		return err
-	}
-	d.mu.Lock()
-	if d.failed != nil {
-		err := d.failed
-		d.mu.Unlock()
-		d.setErr(conn, err)
-		return err
-	}
-	if d.pending != nil {
-		// This connection holds the write lock, so whichever transaction
-		// was pending before has been published (or rolled back) by now.
-		d.pending = nil
-	}
-	d.nextTx++
-	p := &pendingTx{id: d.nextTx, conn: conn}
-	d.pending = p
-	d.mu.Unlock()
-
-	err := d.opts.Propose(command.EncodeFrames(&command.Frames{
-		Database: d.Name, Origin: d.opts.NodeID, TxID: p.id,
-		PageSize: tx.PageSize, DBSize: tx.DBSize, Pages: tx.Pages,
-	}))
-
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if p.state == committed {
-		if d.opts.afterCommit != nil {
-			d.mu.Unlock()
-			d.opts.afterCommit()
-			d.mu.Lock()
-		}
-		// The FSM applied it: committed, whatever the future said. The
-		// pending entry stays until the driver settles it, after SQLite
-		// published the commit frame.
-		d.commits[conn] = p.index
-		return nil
-	}
-	if err == nil {
-		// Raft reported success without the FSM seeing our entry: only
-		// possible if the entry was applied through another path. Never
-		// publish what the FSM did not mark.
-		err = fmt.Errorf("%w: entry applied without marking transaction %d", errs.ErrDiverged, p.id)
-	}
-	p.state = aborted
-	d.pending = nil
-	d.errs[conn] = err
-	return err
-}
-
-// Retry implements vfs.Committer: Raft committed a local transaction whose
-// commit frame the disk refused. A full or failing disk is retried until
-// it takes the frame or the node stops; meanwhile the connection keeps
-// the write lock, so the database stays as it was before the transaction
-// for every reader, and the node hands leadership on. Other errors are not
-// retried.
-func (d *DB) Retry(err error, attempt int) bool {
-	return d.retryDisk(err, attempt, "commit frame")
-}
-
-// Written implements vfs.Committer: the commit frame of connection conn's
-// committed transaction is in the WAL, at frame number frame of the
-// generation with salt, and SQLite is about to publish it. The applied log
-// records it now: after the frames, before anything can build on them.
-func (d *DB) Written(conn uint64, frame uint32, salt [2]uint32) error {
-	d.mu.Lock()
-	p := d.pending
-	d.mu.Unlock()
-	if p == nil || p.conn != conn || p.state != committed {
-		return fmt.Errorf("%w: no committed transaction of connection %d to record", errs.ErrDiverged, conn)
-	}
-	crashpoint.Hit("commit-written", d.Name, p.index)
-	if err := d.record(frame, salt, p.index); err != nil {
-		return err
-	}
-	crashpoint.Hit("commit-recorded", d.Name, p.index)
-	return nil
 }
 
 // record appends a commit record to the applied log.
@@ -353,18 +291,6 @@ func (d *DB) retryDisk(err error, attempt int, what string) bool {
 	return !d.opts.stopping.Load()
 }
 
-// Diverged implements vfs.Committer: the node stops serving the database,
-// and connection conn's commit, which the cluster has, fails with
-// ErrClosed (outcome unknown to the caller), never with SQLite's I/O error,
-// which at COMMIT means that nothing replicated.
-func (d *DB) Diverged(conn uint64, err error) {
-	d.fail(fmt.Errorf("commit frame not written after Raft committed: %w", err))
-	d.mu.Lock()
-	d.pending = nil
-	d.errs[conn] = fmt.Errorf("%w: this node stopped before it could write a transaction that Raft committed (%v)", errs.ErrClosed, err)
-	d.mu.Unlock()
-}
-
 func (d *DB) setErr(conn uint64, err error) {
 	d.mu.Lock()
 	d.errs[conn] = err
@@ -379,19 +305,6 @@ func (d *DB) TakeError(conn uint64) error {
 	err := d.errs[conn]
 	delete(d.errs, conn)
 	return err
-}
-
-// Settle tells the database that a statement of connection conn returned:
-// if that connection had a committed transaction pending, SQLite has
-// published it by now, and it may have given the write lock back.
-func (d *DB) Settle(conn uint64) {
-	d.mu.Lock()
-	close(d.settled)
-	d.settled = make(chan struct{})
-	if d.pending != nil && d.pending.conn == conn && d.pending.state == committed {
-		d.pending = nil
-	}
-	d.mu.Unlock()
 }
 
 // Settled returns a channel closed when the next statement returns on any
@@ -419,48 +332,6 @@ func (d *DB) fail(err error) {
 	d.mu.Unlock()
 }
 
-// claim is called by the FSM for every Frames entry. It reports whether the
-// entry is the local pending transaction, which it then marks committed:
-// the connection blocked in the VFS will publish it.
-func (d *DB) claim(f *command.Frames, index uint64) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	p := d.pending
-	if f.Origin != d.opts.NodeID || p == nil || p.id != f.TxID || p.state != replicating {
-		return false
-	}
-	p.state = committed
-	p.index = index
-	d.applied.Store(index)
-	d.markDirty(f.Pages)
-	if h, err := wal.NewIndex(d.shm).Header(); err == nil {
-		p.change = h.Change
-	}
-	return true
-}
-
-// waitSettled blocks until no committed transaction waits to be published:
-// until the driver settles it, or the wal-index change counter moves (only
-// that transaction's connection, which holds the write lock, can move it).
-// It reports false if the node stopped first, with one still waiting.
-func (d *DB) waitSettled() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for d.pending != nil && d.pending.state == committed {
-		if h, err := wal.NewIndex(d.shm).Header(); err == nil && h.Change != d.pending.change {
-			d.pending = nil
-			return true
-		}
-		if d.opts.stopping.Load() {
-			return false
-		}
-		d.mu.Unlock()
-		time.Sleep(100 * time.Microsecond)
-		d.mu.Lock()
-	}
-	return true
-}
-
 // randomSalt returns a fresh WAL salt.
 func randomSalt() uint32 { return rand.Uint32() }
 
@@ -473,6 +344,19 @@ func (d *DB) CheckpointNow(timeout time.Duration) error {
 	defer d.ckptMu.Unlock()
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	// Only the committed state: local commits wait meanwhile.
+	d.mu.Lock()
+	if len(d.queue) > 0 {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: local transactions are being replicated", errs.ErrBusy)
+	}
+	d.ckptRun = true
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.openGateLocked()
+		d.mu.Unlock()
+	}()
 	d.apply.BusyTimeout(timeout)
 	defer d.apply.BusyTimeout(time.Second)
 	_, _, err := d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)

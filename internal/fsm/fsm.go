@@ -75,11 +75,14 @@ type Stats struct {
 	Skipped  int64 // Frames entries its files held already at start
 	Appended int64 // Frames entries written through the follower path
 	Restored int64 // databases written from a snapshot
+	Claimed  int64 // Frames entries of this node's pipeline, as the leader
+	Txs      int64 // local transactions those entries carried
 }
 
 // Stats returns what the FSM did since it started.
 func (f *FSM) Stats() Stats {
-	return Stats{Skipped: f.stats.skipped.Load(), Appended: f.stats.appended.Load(), Restored: f.stats.restored.Load()}
+	return Stats{Skipped: f.stats.skipped.Load(), Appended: f.stats.appended.Load(), Restored: f.stats.restored.Load(),
+		Claimed: f.opts.claimed.entries.Load(), Txs: f.opts.claimed.txs.Load()}
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -92,6 +95,8 @@ var _ raft.FSM = (*FSM)(nil)
 // log.
 func New(dir string, opts Options) (*FSM, error) {
 	opts.stopping = new(atomic.Bool)
+	opts.claimed = new(pipeStats)
+	opts.hooks = new(atomic.Pointer[testHooks])
 	f := &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
 		changed: make(chan struct{}), stopped: make(chan struct{})}
 	dbs, why, err := recoverAll(dir)
@@ -215,10 +220,37 @@ func isSQLite(path string) bool {
 	return n == 16 && string(b[:]) == "SQLite format 3\x00"
 }
 
-// SetAfterCommit installs a test hook that runs when a local transaction
-// is known committed, before its commit frame is written. Call it before
-// the first database opens.
-func (f *FSM) SetAfterCommit(hook func()) { f.opts.afterCommit = hook }
+// SetAfterCommit installs a test hook that runs in the proposer once a
+// batch of local transactions is committed, before the next is taken.
+// Call it before the first database opens.
+func (f *FSM) SetAfterCommit(hook func()) {
+	h := f.hooks()
+	h.afterCommit = hook
+	f.opts.hooks.Store(&h)
+}
+
+// testHooks are the hooks tests install; the proposer may read them while
+// they are set.
+type testHooks struct {
+	afterCommit func()
+	beforeBatch func(queued func() int)
+}
+
+func (f *FSM) hooks() testHooks {
+	if h := f.opts.hooks.Load(); h != nil {
+		return *h
+	}
+	return testHooks{}
+}
+
+// SetBeforeBatch installs a test hook that runs in the proposer before it
+// takes a batch, when transactions are queued and none is in flight;
+// queued tells how many are. Call it before the first database opens.
+func (f *FSM) SetBeforeBatch(hook func(queued func() int)) {
+	h := f.hooks()
+	h.beforeBatch = hook
+	f.opts.hooks.Store(&h)
+}
 
 // Database returns the database called name, or nil.
 func (f *FSM) Database(name string) *DB {
@@ -278,7 +310,11 @@ func (f *FSM) Close() error {
 	close(f.changed)
 	var errList []error
 	for _, d := range f.dbs {
+		d.stopProposer() // it may be cutting, under applyMu
 		d.applyMu.Lock()
+		// What the pipeline queued never committed here: out of the WAL
+		// before the last connection closes (SQLite checkpoints then).
+		d.cutLocked(errs.ErrClosed, true)
 		errList = append(errList, d.walf.Sync(), d.rec.sync(), d.close())
 		d.applyMu.Unlock()
 	}
@@ -422,8 +458,25 @@ func (f *FSM) Apply(l *raft.Log) any {
 		if err := d.Failed(); err != nil {
 			return err
 		}
+		if c.Term != 0 && c.Term != l.Term {
+			// Built by a leader of term c.Term, on its state then, and
+			// proposed when that leadership was over: it may have been
+			// built on entries this log no longer holds.
+			f.opts.Logger.Warn("not applying a transaction built in another term",
+				"database", c.Database, "index", l.Index, "built", c.Term, "term", l.Term)
+			if d.pending() {
+				d.cut(errs.ErrLeadershipLost)
+			}
+			return fmt.Errorf("%w: the entry at index %d was built in term %d and logged in term %d",
+				errs.ErrLeadershipLost, l.Index, c.Term, l.Term)
+		}
 		if d.claim(c, l.Index) {
 			return nil
+		}
+		if d.pending() {
+			// Another leader's entry (or ours, after our pipeline
+			// failed): what this node queued will never commit here.
+			d.cut(errs.ErrLeadershipLost)
 		}
 		// A disk that refuses the frames (full, failing) is retried until
 		// it takes them: the node stops applying, and so stops taking
@@ -484,11 +537,6 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	s := &snapshot{logger: f.opts.Logger, start: time.Now()}
 	for _, d := range f.Databases() {
-		if !d.waitSettled() {
-			s.giveBack()
-			s.Release()
-			return nil, fmt.Errorf("snapshot %s: %w", d.Name, errs.ErrClosed)
-		}
 		if err := d.Failed(); err != nil {
 			// Its files miss entries: a snapshot must not claim them.
 			s.giveBack()
@@ -518,6 +566,7 @@ func (d *DB) pin() (ds dbSnapshot, err error) {
 	if err != nil {
 		return ds, err
 	}
+	ds.reader.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true)
 	var n int64
 	if err = ds.reader.Exec(`BEGIN`); err == nil {
 		err = queryInt(ds.reader, `SELECT count(*) FROM sqlite_schema`, &n)
@@ -528,11 +577,13 @@ func (d *DB) pin() (ds dbSnapshot, err error) {
 	}
 	// nBackfill first: once every frame is in the file, the WAL may
 	// restart (and the header change) at any moment, but the file stays.
+	// The committed state only: the leader's queued transactions follow
+	// it in the WAL.
 	x := wal.NewIndex(d.shm)
 	back, err := x.Backfilled()
 	var hdr wal.IndexHeader
 	if err == nil {
-		hdr, err = x.Header()
+		hdr, err = d.committedHeader()
 	}
 	if err != nil {
 		ds.reader.Close()
@@ -679,6 +730,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w: a delta", errStream)
 	}
 	crashpoint.Hit("install-current")
+	for _, d := range f.Databases() {
+		if d.pending() {
+			d.cut(errs.ErrLeadershipLost) // a follower now: none will commit here
+		}
+	}
 	start, n := time.Now(), 0
 	for {
 		h, ok, err := sr.next()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/ncruces/go-sqlite3"
@@ -43,7 +44,8 @@ func newPair(t *testing.T) *pair {
 func (p *pair) propose(cmd []byte) error {
 	p.index++
 	l := &raft.Log{Index: p.index, Type: raft.LogCommand, Data: cmd}
-	for _, f := range []*FSM{p.leader, p.follower} {
+	// The follower first: the leader's claim ends the commit's wait.
+	for _, f := range []*FSM{p.follower, p.leader} {
 		if r := f.Apply(l); r != nil {
 			return r.(error)
 		}
@@ -65,13 +67,24 @@ func (p *pair) open(t *testing.T, name string, pageSize uint32) (*DB, *sqlite3.C
 	if err := c.Exec(`PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=NORMAL`); err != nil {
 		t.Fatal(err)
 	}
+	// The leader's checkpoints take the write lock for a moment.
+	if err := c.BusyTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	return d, c
 }
 
 func exec(t *testing.T, c *sqlite3.Conn, d *DB, sql string) {
 	t.Helper()
 	err := c.Exec(sql)
-	d.Settle(7)
+	if err == nil {
+		err = d.Await(7)
+	} else {
+		d.Settle(7)
+		if cause := d.TakeError(7); cause != nil {
+			err = fmt.Errorf("%w (%w)", err, cause)
+		}
+	}
 	if err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}

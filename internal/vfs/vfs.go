@@ -10,23 +10,25 @@
 // For a registered WAL, the wrapper records every frame SQLite writes after
 // the last committed frame, keyed by frame number, keeping the last image
 // written to each slot (spills, in-place overwrites and savepoint rollbacks
-// all reuse slots). When SQLite writes the commit frame (a frame header
-// whose "database size after commit" is not zero), the wrapper holds that
-// frame back and calls [Committer.Commit] with the transaction's pages:
+// all reuse slots). Once SQLite has written the commit frame (a frame
+// header whose "database size after commit" is not zero), the wrapper
+// calls [Committer.Commit] with the transaction's pages:
 //
 //   - Commit runs on the goroutine executing SQLite's COMMIT, while that
 //     connection holds the database's WAL write lock. It must not take
 //     that lock, directly or by waiting for something that does.
-//   - If Commit returns nil, the wrapper writes the commit frame and SQLite
-//     publishes the transaction to readers.
+//   - If Commit returns nil, SQLite goes on to publish the transaction in
+//     the wal-index (it may still fail, and roll back, before it does: the
+//     Committer learns which from the wal-index).
 //   - If Commit returns an error, the wrapper reports SQLITE_IOERR_WRITE:
 //     SQLite rolls the transaction back, readers never saw it, and the
 //     connection stays usable. The Committer keeps the real cause for the
 //     driver, keyed by the connection ID that Commit received.
 //
-// Frames written outside SQLite (a follower appending replicated frames)
-// must be reported with [Committed], or the wrapper's idea of where the
-// current transaction starts goes stale.
+// Frames written outside SQLite (a follower appending replicated frames,
+// a cut of the leader's uncommitted transactions) must be reported with
+// [Committed], or the wrapper's idea of where the current transaction
+// starts goes stale.
 package vfs
 
 import (
@@ -57,31 +59,21 @@ const ConnParam = "_dqconn"
 
 // Tx is a transaction captured at its commit frame.
 type Tx struct {
-	PageSize uint32
-	DBSize   uint32         // database size in pages after the commit
-	Pages    []command.Page // last image of each page, in first-write order
-	Size     int64          // bytes of page images the transaction wrote
-	Overflow bool           // Size passed the limit: Pages is incomplete
+	PageSize  uint32
+	DBSize    uint32         // database size in pages after the commit
+	Pages     []command.Page // last image of each page, in first-write order
+	Size      int64          // bytes of page images the transaction wrote
+	Overflow  bool           // Size passed the limit: Pages is incomplete
+	Frame     uint32         // the commit frame's number
+	Salt      [2]uint32      // of the WAL generation
+	BigEndian bool           // the WAL's checksums use big-endian words
 }
 
 // Committer replicates transactions of one database. See the package doc.
 type Committer interface {
 	Commit(conn uint64, tx *Tx) error
-	// Written is called once the commit frame of a transaction that Commit
-	// accepted is in the WAL, at frame number frame of the WAL generation
-	// with salt, before SQLite publishes it. An error is handled as a
-	// failed write of that frame.
-	Written(conn uint64, frame uint32, salt [2]uint32) error
 	// DiskError is called when the disk refused a write of the WAL.
 	DiskError(err error)
-	// Retry is called when the commit frame of a transaction that Commit
-	// accepted could not be written (attempt counts from 0). It returns
-	// whether to try again, after waiting as long as it sees fit.
-	Retry(err error, attempt int) bool
-	// Diverged is called when the commit frame of a transaction that Commit
-	// accepted could not be written and Retry gave up: this node's copy no longer matches
-	// the cluster's and must not be served.
-	Diverged(conn uint64, err error)
 }
 
 type frame struct {
@@ -93,22 +85,24 @@ type frame struct {
 
 // walState is shared by every connection to one WAL file.
 type walState struct {
-	mu sync.Mutex
-	// unpublished: the last local transaction is committed (by Raft and
-	// by its commit frame) and SQLite may still be finishing it (checksum
-	// rewrites, sync); its writes must not fail. Until the next frame of a
-	// new transaction, a new WAL, or the FSM appending.
-	unpublished bool
-	committer   Committer
-	limit       int64
-	pageSize    int
-	lastCommit  uint32            // frame number of the last commit frame
-	frames      map[uint32]*frame // frames after lastCommit
-	maxFrame    uint32            // highest frame number in frames
-	size        int64             // bytes held in frames
-	overflow    bool
-	held        []byte // header of the commit frame, held back
-	heldFrame   uint32
+	mu         sync.Mutex
+	committer  Committer
+	limit      int64
+	pageSize   int
+	bigEndian  bool
+	salt       [2]uint32         // of the WAL's header
+	lastCommit uint32            // frame number of the last commit frame
+	frames     map[uint32]*frame // frames after lastCommit
+	maxFrame   uint32            // highest frame number in frames
+	size       int64             // bytes held in frames
+	overflow   bool
+	inPlace    bool   // a frame of the transaction was overwritten in place
+	held       []byte // header of the commit frame, until its page is written
+	heldFrame  uint32
+	// rewriteTo: SQLite is rewriting the checksums of the last committed
+	// transaction's frame headers, up to this frame (after a transaction
+	// that overwrote frames in place); 0 when not.
+	rewriteTo uint32
 }
 
 func (s *walState) reset(pageSize int) {
@@ -138,6 +132,7 @@ func (s *walState) dropTx() {
 	s.maxFrame = 0
 	s.size = 0
 	s.overflow = false
+	s.inPlace = false
 	s.held = nil
 	s.heldFrame = 0
 }
@@ -189,8 +184,9 @@ func Unregister(dbPath string) {
 
 // Committed tells the VFS that the WAL of dbPath (a path Register returned)
 // now ends with a commit at frame number last, with pages of pageSize
-// bytes: the next transaction's frames start after it.
-func Committed(dbPath string, last uint32, pageSize int) {
+// bytes, in the generation of salt: the next transaction's frames start
+// after it.
+func Committed(dbPath string, last uint32, pageSize int, salt [2]uint32, bigEndian bool) {
 	mu.Lock()
 	s := states[dbPath+"-wal"]
 	mu.Unlock()
@@ -199,9 +195,10 @@ func Committed(dbPath string, last uint32, pageSize int) {
 	}
 	s.mu.Lock()
 	s.pageSize = pageSize
+	s.salt, s.bigEndian = salt, bigEndian
 	s.lastCommit = last
 	s.dropTx()
-	s.unpublished = false
+	s.rewriteTo = 0
 	s.mu.Unlock()
 }
 
@@ -231,6 +228,8 @@ func (v dqVFS) OpenFilename(name *sqlitevfs.Filename, flags sqlitevfs.OpenFlag) 
 		if n, _ := f.ReadAt(b[:], 0); n == len(b) {
 			if h, err := wal.DecodeHeader(b[:]); err == nil {
 				s.pageSize = int(h.PageSize)
+				s.bigEndian = h.BigEndian
+				s.salt = h.Salt
 			}
 		}
 	}
@@ -246,9 +245,6 @@ type walFile struct {
 }
 
 func (w *walFile) Unwrap() sqlitevfs.File { return w.File }
-
-// zeros reserves a commit frame's space.
-var zeros [wal.FrameHeaderSize + 65536]byte
 
 // write is every write to the WAL, after asking the fault layer.
 func (w *walFile) write(p []byte, off int64) (int, error) {
@@ -270,27 +266,17 @@ func (w *walFile) put(p []byte, off int64) (int, error) {
 	return n, sqliteErr(err)
 }
 
-// Sync asks the fault layer before syncing the WAL. A failed sync of a
-// transaction that Raft committed (with PRAGMA synchronous=FULL) is not an
-// error: its durability is the Raft log's, which a quorum synced, and a
-// node rebuilds its databases from that log when it restarts. Failing it
-// would make SQLite roll back locally what the cluster committed.
+// Sync asks the fault layer before syncing the WAL. A failed sync is not
+// an error: a transaction's durability is the Raft log's, which a quorum
+// synced, and a node whose files a machine crash may have damaged rebuilds
+// them from that log (DESIGN.md, "Restart"). Failing it would fail a
+// commit for nothing.
 func (w *walFile) Sync(flags sqlitevfs.SyncFlag) error {
-	err := faults.Sync(w.name)
-	if err == nil {
-		err = w.File.Sync(flags)
-	}
-	if err == nil {
+	if err := faults.Sync(w.name); err != nil {
 		return nil
 	}
-	s := w.state
-	s.mu.Lock()
-	unpublished := s.unpublished
-	s.mu.Unlock()
-	if unpublished {
-		return nil
-	}
-	return sqlitevfs.SystemError(err, sqlite3.IOERR_FSYNC)
+	w.File.Sync(flags)
+	return nil
 }
 
 // sqliteErr is what SQLite reports for a failed write: "database or disk
@@ -320,7 +306,7 @@ func (w *walFile) Truncate(size int64) error {
 	if size <= wal.HeaderSize {
 		s.lastCommit = 0
 		s.dropTx()
-		s.unpublished = false
+		s.rewriteTo = 0
 	}
 	s.mu.Unlock()
 	return w.File.Truncate(size)
@@ -333,12 +319,14 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 
 	if off == 0 {
 		// A new WAL header: SQLite restarted the log.
-		s.unpublished = false
 		h, err := wal.DecodeHeader(p)
 		if err != nil {
 			return 0, sqlite3.IOERR_WRITE
 		}
 		s.reset(int(h.PageSize))
+		s.bigEndian = h.BigEndian
+		s.salt = h.Salt
+		s.rewriteTo = 0
 		return w.put(p, off)
 	}
 	n, within, ok := wal.FrameAt(off, s.pageSize)
@@ -346,13 +334,21 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 		return 0, sqlite3.IOERR_WRITE
 	}
 	if n <= s.lastCommit {
-		// walRewriteChecksums rewriting headers of a committed transaction.
-		if s.unpublished {
-			return w.mustWrite(p, off, nil, 0)
+		if s.rewriteTo != 0 && n <= s.rewriteTo && within == 0 && len(p) == wal.FrameHeaderSize {
+			// walRewriteChecksums rewriting the headers of the transaction
+			// just committed.
+			if n == s.rewriteTo {
+				s.rewriteTo = 0
+			}
+			return w.put(p, off)
 		}
-		return w.put(p, off)
+		// SQLite failed after the last commit frame and rolled that
+		// transaction back (it never published it): its slots are this
+		// transaction's.
+		s.lastCommit = n - 1
+		s.dropTx()
 	}
-	s.unpublished = false
+	s.rewriteTo = 0
 	switch {
 	case within == 0 && len(p) == wal.FrameHeaderSize:
 		// SQLite writes a frame header only to append a frame (an in-place
@@ -386,6 +382,8 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 		if !fr.counted {
 			fr.counted = true
 			s.size += int64(len(p))
+		} else {
+			s.inPlace = true // SQLite will rewrite the checksums at commit
 		}
 		if s.size > s.limit && s.limit > 0 {
 			s.overflow = true
@@ -403,12 +401,17 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	return 0, sqlite3.IOERR_WRITE
 }
 
-// commit replicates the transaction ending at frame n, whose page data is
-// p at offset off, then writes the held-back commit frame.
+// commit writes the commit frame of the transaction ending at frame n,
+// whose page data is p at offset off, and hands the transaction to the
+// committer.
 func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 	s := w.state
 	held := s.held
-	tx := &Tx{PageSize: uint32(s.pageSize), DBSize: s.frames[n].dbSize, Size: s.size, Overflow: s.overflow}
+	// The salt is the WAL header's: a transaction that overwrites frames in
+	// place writes its frame headers with zeros there, and SQLite fills
+	// them in after the commit frame.
+	tx := &Tx{PageSize: uint32(s.pageSize), DBSize: s.frames[n].dbSize, Size: s.size, Overflow: s.overflow,
+		Frame: n, Salt: s.salt, BigEndian: s.bigEndian}
 	if !tx.Overflow {
 		nums := make([]uint32, 0, len(s.frames))
 		for i := range s.frames {
@@ -432,63 +435,31 @@ func (w *walFile) commit(n uint32, p []byte, off int64) (int, error) {
 			tx.Pages = append(tx.Pages, command.Page{No: fr.pgno, Data: fr.data})
 		}
 	}
-	// Raft runs without the state's mutex: the FSM may need to open the
-	// WAL meanwhile (a snapshot does). Nothing else can touch this WAL's
-	// state: this connection holds SQLite's write lock.
-	// Reserve the commit frame's space before Raft, so that once Raft has
-	// committed the transaction, writing the frame needs no block that a
-	// full disk may not have. A zeroed frame header is never valid: a
-	// crash before the real frame is written leaves the WAL as it was.
-	if _, err := w.put(zeros[:wal.FrameHeaderSize+len(p)], off-wal.FrameHeaderSize); err != nil {
+	// The frame first: a disk that refuses it fails the transaction before
+	// anything is queued.
+	if _, err := w.put(held, off-wal.FrameHeaderSize); err != nil {
 		s.dropTx()
 		return 0, err
 	}
-	s.mu.Unlock()
-	err := s.committer.Commit(w.conn, tx)
-	s.mu.Lock()
+	m, err := w.put(p, off)
 	if err != nil {
 		s.dropTx()
+		return 0, err
+	}
+	// The committer runs without the state's mutex: it may wait for a
+	// checkpoint, which truncates this WAL. Nothing else can touch this
+	// WAL's state: this connection holds SQLite's write lock.
+	s.mu.Unlock()
+	err = s.committer.Commit(w.conn, tx)
+	s.mu.Lock()
+	inPlace := s.inPlace
+	s.dropTx()
+	if err != nil {
 		return 0, sqlite3.IOERR_WRITE
 	}
-	// Raft committed the transaction: its commit frame must reach the WAL.
-	m, err := w.mustWrite(held, off-wal.FrameHeaderSize, p, off)
-	if err != nil {
-		return m, err
-	}
-	fh, _ := wal.DecodeFrameHeader(held)
-	if err := s.committer.Written(w.conn, n, fh.Salt); err != nil {
-		s.committer.Diverged(w.conn, err)
-		return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
-	}
 	s.lastCommit = n
-	s.dropTx()
-	s.unpublished = true
-	return m, nil
-}
-
-// mustWrite writes the pairs (bytes, offset) of a transaction that Raft
-// committed. A disk that refuses them (full, failing) is retried until it
-// takes them, for as long as the committer says: meanwhile the connection
-// keeps the write lock, so no reader sees the database without the
-// transaction and no later one starts. It returns what the last write
-// returned. s.mu is held.
-func (w *walFile) mustWrite(p1 []byte, off1 int64, p2 []byte, off2 int64) (int, error) {
-	s := w.state
-	for attempt := 0; ; attempt++ {
-		m, err := w.write(p1, off1)
-		if err == nil && p2 != nil {
-			m, err = w.write(p2, off2)
-		}
-		if err == nil {
-			return m, nil
-		}
-		s.mu.Unlock()
-		retry := s.committer.Retry(err, attempt)
-		s.mu.Lock()
-		if !retry {
-			// Never SQLITE_FULL here: that error means nothing replicated.
-			s.committer.Diverged(w.conn, err)
-			return 0, sqlitevfs.SystemError(err, sqlite3.IOERR_WRITE)
-		}
+	if inPlace {
+		s.rewriteTo = n
 	}
+	return m, nil
 }
