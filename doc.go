@@ -30,6 +30,11 @@
 //     (WithCommitIndex, WithAfter), or read at ReadLinearizable
 //     (WithReadLevel), where that matters. Programs that are no member of
 //     the cluster open "dqlite://host:port,…/name" with database/sql.
+//   - Write concurrently if you like: the leader pipelines commits (a
+//     transaction starts while earlier ones replicate, and one Raft round
+//     carries them all). A read-write transaction on the leader sees the
+//     writes of transactions still replicating and commits only if they
+//     do; every other read waits for them.
 //   - Treat ErrLeadershipLost and ErrNoQuorum on Commit as "outcome
 //     unknown": the transaction is then either on every node or on none,
 //     and the cluster settles which once a quorum is back. Other errors

@@ -87,9 +87,30 @@ func TestPipeline_NothingVisibleBeforeCommit(t *testing.T) {
 				err        error
 				afterClaim bool
 			}
-			reads := make(chan read, 2)
+			reads := make(chan read, 3)
 			var started sync.WaitGroup
-			started.Add(2)
+			started.Add(3)
+			// A write transaction sees the queued insert (it is built on
+			// it) but must not commit unless that insert does, even when it
+			// writes nothing itself.
+			go func() {
+				started.Done()
+				var n int
+				tx, err := db.BeginTx(context.Background(), nil)
+				if err == nil {
+					err = tx.QueryRow(`SELECT count(*) FROM t`).Scan(&n)
+					if err == nil {
+						err = tx.Commit()
+					} else {
+						tx.Rollback()
+					}
+				}
+				if err != nil && n == 2 && !heal {
+					err = nil // it saw the insert, which failed: its commit must fail
+					n = 1
+				}
+				reads <- read{n, err, claimed.Load()}
+			}()
 			go func() {
 				started.Done()
 				var n int
@@ -116,7 +137,7 @@ func TestPipeline_NothingVisibleBeforeCommit(t *testing.T) {
 			}
 			err := <-commit
 			o.record(2, err)
-			for range 2 {
+			for range 3 {
 				r := <-reads
 				if r.err != nil {
 					t.Fatalf("read on the leader: %v", r.err)

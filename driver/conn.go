@@ -41,6 +41,7 @@ type conn struct {
 
 	busySince   time.Time // when the current wait for a lock began
 	busyTimeout time.Duration
+	txCuts      uint64 // the pipeline's cuts when the write transaction began (fsm.DB.Await)
 
 	name       string  // the database's name
 	opts       Options // of the connector
@@ -232,6 +233,7 @@ func (c *conn) checkWrite() error {
 	}
 	if !c.inTx {
 		c.db.Admit() // a write transaction begins
+		c.txCuts = c.db.Cuts()
 	}
 	return nil
 }
@@ -259,7 +261,7 @@ func (c *conn) committed(ctx context.Context) error {
 	if c.inTx {
 		return nil
 	}
-	if err := c.db.Await(c.id); err != nil {
+	if err := c.db.Await(c.id, c.txCuts); err != nil {
 		return err
 	}
 	c.noteCommit(ctx)
@@ -549,6 +551,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if !opts.ReadOnly && c.db.Failed() == nil && c.backend.CheckLeader() == nil {
 		begin = `BEGIN IMMEDIATE`
 		c.db.Admit()
+		c.txCuts = c.db.Cuts()
 	}
 	for {
 		cuts := c.db.Cuts()

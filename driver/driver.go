@@ -85,8 +85,9 @@ type Database interface {
 	TakeIndex(conn uint64) uint64 // Raft index of conn's last commit
 	Failed() error                // non-nil once this node's copy stopped
 	// Await waits until what conn's last statement committed locally is
-	// committed by Raft (nil), or failed.
-	Await(conn uint64) error
+	// committed by Raft (nil), or failed; cuts is what Cuts returned when
+	// the transaction began.
+	Await(conn uint64, cuts uint64) error
 	// Cuts and Fence keep reads from seeing what is not committed: Cuts
 	// before a read's snapshot is taken, Fence after (see fsm.DB.Fence).
 	Cuts() uint64

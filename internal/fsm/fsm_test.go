@@ -76,9 +76,10 @@ func (p *pair) open(t *testing.T, name string, pageSize uint32) (*DB, *sqlite3.C
 
 func exec(t *testing.T, c *sqlite3.Conn, d *DB, sql string) {
 	t.Helper()
+	cuts := d.Cuts()
 	err := c.Exec(sql)
 	if err == nil {
-		err = d.Await(7)
+		err = d.Await(7, cuts)
 	} else {
 		d.Settle(7)
 		if cause := d.TakeError(7); cause != nil {

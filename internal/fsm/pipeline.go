@@ -199,15 +199,21 @@ func (d *DB) Settle(conn uint64) {
 
 // Await waits until the transaction that connection conn's last statement
 // committed locally is committed by Raft, or failed, and returns its error:
-// nil, or the outcome-unknown or failed errors of package errs.
-func (d *DB) Await(conn uint64) error {
+// nil, or the outcome-unknown or failed errors of package errs. cuts is
+// what Cuts returned when the transaction began: one that wrote nothing
+// may still have read queued transactions, and commits only once they did.
+func (d *DB) Await(conn uint64, cuts uint64) error {
 	d.Settle(conn)
 	d.mu.Lock()
 	t := d.last[conn]
 	delete(d.last, conn)
 	d.mu.Unlock()
 	if t == nil {
-		return nil
+		cut, err := d.Fence(context.Background(), cuts)
+		if err == nil && cut {
+			err = fmt.Errorf("%w: the transaction read writes that then failed", errs.ErrLeadershipLost)
+		}
+		return err
 	}
 	<-t.done
 	return t.err
