@@ -136,7 +136,7 @@ type Config struct {
 // hooks let tests stop the write path at precise points.
 type hooks struct {
 	beforePropose func()                  // before raft.Apply of a batch of transactions
-	afterCommit   func()                  // Raft committed a batch; the next is not taken yet
+	afterCommit   func()                  // Raft committed a batch; its commits have not returned yet
 	beforeBatch   func(queued func() int) // transactions are queued, none in flight
 }
 

@@ -220,8 +220,9 @@ func isSQLite(path string) bool {
 	return n == 16 && string(b[:]) == "SQLite format 3\x00"
 }
 
-// SetAfterCommit installs a test hook that runs in the proposer once a
-// batch of local transactions is committed, before the next is taken.
+// SetAfterCommit installs a test hook that runs when the FSM claims a
+// batch of local transactions, before their commits return (with the
+// database's lock held: it must not call the database).
 // Call it before the first database opens.
 func (f *FSM) SetAfterCommit(hook func()) {
 	h := f.hooks()

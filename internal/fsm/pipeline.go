@@ -398,9 +398,6 @@ func (d *DB) sendBatch(b *batch) {
 	d.mu.Lock()
 	if b.committed {
 		d.mu.Unlock()
-		if h := d.opts.hooks.Load(); h != nil && h.afterCommit != nil {
-			h.afterCommit()
-		}
 		d.maybeDrain()
 		return
 	}
@@ -472,6 +469,9 @@ func (d *DB) claim(f *command.Frames, index uint64) bool {
 		d.mu.Unlock()
 		return false
 	}
+	if h := d.opts.hooks.Load(); h != nil && h.afterCommit != nil {
+		h.afterCommit() // before the commits return: a test may replace it then
+	}
 	b.committed = true
 	d.inflight = nil
 	d.opts.claimed.entries.Add(1)
@@ -500,11 +500,18 @@ func (d *DB) claim(f *command.Frames, index uint64) bool {
 	return true
 }
 
-// Queued returns how many local transactions wait in the pipeline.
+// Queued returns how many local transactions wait in the pipeline,
+// published by SQLite (so ready to be proposed, or proposed).
 func (d *DB) Queued() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.queue)
+	n := 0
+	for _, t := range d.queue {
+		if t.confirmed {
+			n++
+		}
+	}
+	return n
 }
 
 // pending reports whether local transactions wait in the pipeline.
