@@ -55,6 +55,9 @@ func (c *conn) prepareErr(err error) error {
 //   - setting journal_mode (only WAL is replicated) or locking_mode
 //     (an exclusive lock keeps the node from applying the cluster's
 //     writes);
+//   - checkpoints (PRAGMA wal_checkpoint, setting wal_autocheckpoint): on
+//     the leader the WAL holds transactions Raft has not committed, which
+//     only the node's own checkpoints leave out;
 //   - any change to the content, schema or pragmas of an ATTACHed
 //     database: its file is local to this node.
 //
@@ -79,6 +82,14 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 			return refuse("ATTACH from a client of this node would open a file on this node's machine")
 		}
 	case sqlite3.AUTH_PRAGMA:
+		switch strings.ToLower(name3) {
+		case "wal_checkpoint":
+			return refuse("PRAGMA wal_checkpoint: the node checkpoints by itself, and copies only what Raft committed into the database file")
+		case "wal_autocheckpoint":
+			if name4 != "" {
+				return refuse("PRAGMA wal_autocheckpoint=%s: the node checkpoints by itself, and copies only what Raft committed into the database file", name4)
+			}
+		}
 		if name4 == "" {
 			return sqlite3.AUTH_OK // reading a pragma
 		}

@@ -223,7 +223,7 @@ func (d *DB) maybeCheckpoint() {
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
-		d.openGateLocked()
+		d.endRunLocked()
 		d.mu.Unlock()
 	}()
 	d.apply.BusyTimeout(0)

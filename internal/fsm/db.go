@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,7 @@ type Options struct {
 	SnapshotIndex func() uint64
 
 	hooks    *atomic.Pointer[testHooks] // see FSM.SetAfterCommit and SetBeforeBatch
+	done     *doneIndex                 // the FSM's applied index
 	claimed  *pipeStats                 // see Stats
 	stopping *atomic.Bool               // set by FSM.Stop
 }
@@ -68,17 +70,18 @@ type DB struct {
 	failed  error // set when this node's copy diverged
 
 	// The pipeline (pipeline.go), under mu.
-	queue      []*ptx          // local transactions not yet committed or cut, in WAL order
-	inflight   *batch          // the batch Raft is replicating
-	base       wal.IndexHeader // the committed state's wal-index header, while queue is not empty
-	last       map[uint64]*ptx // each connection's last queued transaction, until awaited
-	broken     error           // a batch failed: commits are refused until the cut
-	unrewound  bool            // cut without the write lock (stopping): Close rewinds
-	ckptWant   bool            // draining for a checkpoint: new write transactions wait
-	ckptRun    bool            // the checkpoint runs: local commits wait
-	drainStart time.Time
-	gate       chan struct{} // closed and replaced when a drain ends
-	resolvedCh chan struct{} // closed and replaced when resolved moves
+	queue       []*ptx          // local transactions not yet committed or cut, in WAL order
+	inflight    *batch          // the batch Raft is replicating
+	base        wal.IndexHeader // the committed state's wal-index header, while queue is not empty
+	last        map[uint64]*ptx // each connection's last queued transaction, until awaited
+	broken      error           // a batch failed: commits are refused until the cut
+	unrewound   bool            // cut without the write lock (stopping): Close rewinds
+	ckptWant    bool            // draining for a checkpoint: new write transactions wait
+	ckptRun     bool            // the checkpoint runs: local commits wait
+	ckptBlocked atomic.Int32    // local commits waiting for it
+	drainStart  time.Time
+	gate        chan struct{} // closed and replaced when a drain ends
+	resolvedCh  chan struct{} // closed and replaced when resolved moves
 	// written is the seq of the last queued transaction; resolved the
 	// seq up to which all are committed or cut; cuts counts the cuts.
 	written, resolved, cuts atomic.Uint64
@@ -336,30 +339,52 @@ func (d *DB) fail(err error) {
 func randomSalt() uint32 { return rand.Uint32() }
 
 // CheckpointNow copies the whole WAL into the database file and truncates
-// it, waiting up to timeout for readers and writers to get out of the way.
+// it, waiting up to timeout for readers and writers to get out of the way
+// (on the leader, for its queued transactions to commit: it copies only
+// what Raft committed).
 func (d *DB) CheckpointNow(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	// The snapshot's lock first: waiting for a snapshot being persisted
 	// must not hold up applies.
 	d.ckptMu.Lock()
 	defer d.ckptMu.Unlock()
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
-	// Only the committed state: local commits wait meanwhile.
-	d.mu.Lock()
-	if len(d.queue) > 0 {
+	for {
+		d.applyMu.Lock()
+		d.mu.Lock()
+		empty := len(d.queue) == 0 && !d.unrewound
+		if empty {
+			d.ckptRun = true // local commits wait at their commit frame
+		}
 		d.mu.Unlock()
-		return fmt.Errorf("%w: local transactions are being replicated", errs.ErrBusy)
+		if empty {
+			break
+		}
+		d.applyMu.Unlock()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: local transactions are being replicated", errs.ErrBusy)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	d.ckptRun = true
-	d.mu.Unlock()
+	defer d.applyMu.Unlock()
 	defer func() {
 		d.mu.Lock()
-		d.openGateLocked()
+		d.endRunLocked()
 		d.mu.Unlock()
 	}()
-	d.apply.BusyTimeout(timeout)
+	// Wait for the write lock, but not for a writer that waits for this
+	// checkpoint (at its commit frame): give up the truncation instead.
+	err := d.apply.BusyHandler(func(ctx context.Context, count int) bool {
+		if d.ckptBlocked.Load() > 0 || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+		return true
+	})
+	if err != nil {
+		return err
+	}
 	defer d.apply.BusyTimeout(time.Second)
-	_, _, err := d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
+	_, _, err = d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
 	return err
 }
 

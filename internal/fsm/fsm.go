@@ -99,6 +99,7 @@ func New(dir string, opts Options) (*FSM, error) {
 	opts.hooks = new(atomic.Pointer[testHooks])
 	f := &FSM{dir: dir, opts: opts, dbs: map[string]*DB{}, openErrs: map[string]error{},
 		changed: make(chan struct{}), stopped: make(chan struct{})}
+	f.opts.done = &f.done
 	dbs, why, err := recoverAll(dir)
 	if err != nil {
 		return nil, err

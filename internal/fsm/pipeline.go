@@ -84,7 +84,9 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	for d.ckptRun && d.broken == nil && d.failed == nil && !d.opts.stopping.Load() {
 		g := d.gate
 		d.mu.Unlock()
+		d.ckptBlocked.Add(1) // the checkpoint must not wait for this one's write lock
 		<-g
+		d.ckptBlocked.Add(-1)
 		d.mu.Lock()
 	}
 	err := d.failed
@@ -289,6 +291,16 @@ func (d *DB) propose() {
 			term = d.opts.Term()
 		}
 		d.mu.Lock()
+		if d.failed != nil && len(d.queue) > 0 && d.inflight == nil {
+			// This copy is no longer served: nothing queued will be
+			// proposed. Their commits fail (nothing of them reached Raft).
+			q := d.queue
+			d.queue = nil
+			d.cuts.Add(1)
+			for _, t := range q {
+				d.resolveLocked(t, 0, d.failed)
+			}
+		}
 		b := d.takeBatchLocked(term)
 		waitHead := b == nil && len(d.queue) > 0 && !d.queue[0].confirmed
 		drained := b == nil && len(d.queue) == 0 && d.ckptWant
@@ -447,14 +459,25 @@ func (d *DB) leaderCheckpoint() {
 	d.maybeCheckpoint()
 	d.applyMu.Unlock()
 	d.mu.Lock()
-	d.openGateLocked() // also when it did not run
+	d.endDrainLocked() // also when it did not run
 	d.mu.Unlock()
 }
 
-// openGateLocked ends a drain for a checkpoint. d.mu is held.
-func (d *DB) openGateLocked() {
-	if d.ckptWant || d.ckptRun {
-		d.ckptWant, d.ckptRun = false, false
+// endDrainLocked ends a drain for a checkpoint: new write transactions
+// go on. d.mu is held.
+func (d *DB) endDrainLocked() {
+	if d.ckptWant {
+		d.ckptWant = false
+		close(d.gate)
+		d.gate = make(chan struct{})
+	}
+}
+
+// endRunLocked ends a checkpoint: local commits go on. Only the holder of
+// ckptMu sets and ends it. d.mu is held.
+func (d *DB) endRunLocked() {
+	if d.ckptRun {
+		d.ckptRun = false
 		close(d.gate)
 		d.gate = make(chan struct{})
 	}
@@ -481,11 +504,16 @@ func (d *DB) claim(f *command.Frames, index uint64) bool {
 	d.base = last.hdr
 	d.applied.Store(index)
 	d.markDirty(f.Pages)
+	// The node's applied index first: it is the read index the leader
+	// hands out, which must not be below a commit already acknowledged.
+	if d.opts.done != nil {
+		d.opts.done.set(index)
+	}
 	for _, t := range b.txs {
 		d.resolveLocked(t, index, nil)
 	}
 	if d.ckptWant && time.Since(d.drainStart) > time.Second {
-		d.openGateLocked() // writers keep coming: give up this time
+		d.endDrainLocked() // writers keep coming: give up this time
 	}
 	d.mu.Unlock()
 	d.kick()
@@ -599,7 +627,7 @@ func (d *DB) cutLocked(cause error, closing bool) {
 		d.resolveLocked(t, 0, err)
 	}
 	d.broken = nil
-	d.openGateLocked()
+	d.endDrainLocked()
 }
 
 // stopProposer stops the proposer goroutine and waits for it.
