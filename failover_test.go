@@ -67,7 +67,7 @@ func TestCluster_FailoverNothingAcknowledgedLost(t *testing.T) {
 
 // scenario describes one cell of the deposition matrix.
 type scenario struct {
-	at         string // "proposed", "appended" or "committed"
+	at         string // "queued", "proposed", "appended" or "committed"
 	quorum     bool   // a quorum remains without the deposed leader
 	sameLeader bool   // the deposed leader is elected again
 	k          int    // transactions in flight (one batch of the pipeline)
@@ -75,11 +75,11 @@ type scenario struct {
 
 func TestCluster_DeposeLeaderMatrix(t *testing.T) {
 	for _, k := range []int{1, 2, 8} {
-		for _, at := range []string{"proposed", "appended", "committed"} {
+		for _, at := range []string{"queued", "proposed", "appended", "committed"} {
 			for _, quorum := range []bool{true, false} {
 				for _, same := range []bool{true, false} {
-					if k == 2 && same {
-						continue // k = 1 and 8 cover a re-elected leader
+					if k == 2 && same || at == "queued" && (k == 1 || same) {
+						continue // k = 1 and 8 cover a re-elected leader; queued needs two
 					}
 					s := scenario{at, quorum, same, k}
 					t.Run(fmt.Sprintf("k=%d/%s/quorum=%v/sameLeader=%v", k, at, quorum, same), func(t *testing.T) {
@@ -122,7 +122,17 @@ func runScenario(t *testing.T, s scenario) {
 			}
 		}
 	}
+	release := make(chan struct{}) // "queued": the others start once the first is in flight
 	switch s.at {
+	case "queued":
+		// One transaction in flight, in the leader's log alone; k-1 queued
+		// behind it, never proposed.
+		h.beforePropose = once(func() {
+			close(release)
+			d := c.nodes[l].fsm.Database("test.db")
+			waitFor(t, 10*time.Second, fmt.Sprintf("%d transactions queued", s.k), func() bool { return d.Queued() >= s.k })
+			depose()
+		})
 	case "proposed":
 		// Leadership goes before the entry reaches the log.
 		h.beforePropose = once(func() {
@@ -143,7 +153,7 @@ func runScenario(t *testing.T, s scenario) {
 	var gathered atomic.Bool
 	gathered.Store(true)
 	h.beforeBatch = func(queued func() int) {
-		if gathered.CompareAndSwap(true, false) {
+		if s.at != "queued" && gathered.CompareAndSwap(true, false) {
 			waitFor(t, 10*time.Second, fmt.Sprintf("%d transactions queued", s.k), func() bool { return queued() >= s.k })
 		}
 	}
@@ -162,6 +172,9 @@ func runScenario(t *testing.T, s scenario) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if s.at == "queued" && i > 0 {
+				<-release
+			}
 			tx, err := conn.BeginTx(context.Background(), nil)
 			if err == nil {
 				if _, err = tx.Exec(`INSERT INTO t VALUES (?, random())`, 100+i); err == nil {
@@ -177,16 +190,24 @@ func runScenario(t *testing.T, s scenario) {
 	var commitErr error
 	for i, err := range errs {
 		o.record(int64(100+i), err)
-		switch s.at {
-		case "proposed":
+		switch {
+		case s.at == "queued" && i == 0:
+			if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNoQuorum) {
+				t.Fatalf("commit in flight: got %v, want ErrLeadershipLost or ErrNoQuorum", err)
+			}
+		case s.at == "queued":
+			if !errors.Is(err, ErrNotLeader) {
+				t.Fatalf("commit %d, queued and never proposed: got %v, want ErrNotLeader (a definite failure)", i, err)
+			}
+		case s.at == "proposed":
 			if !errors.Is(err, ErrNotLeader) {
 				t.Fatalf("commit %d: got %v, want ErrNotLeader", i, err)
 			}
-		case "appended":
+		case s.at == "appended":
 			if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNoQuorum) {
 				t.Fatalf("commit %d: got %v, want ErrLeadershipLost or ErrNoQuorum", i, err)
 			}
-		case "committed":
+		case s.at == "committed":
 			if err != nil {
 				t.Fatalf("commit %d of a committed entry: %v", i, err)
 			}

@@ -9,12 +9,11 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// An application's PRAGMA wal_checkpoint on the leader (allowed by the
-// authorizer; it runs locally since the node leads) copies queued frames
-// that Raft has not committed into the database file. The batch then fails
-// before it reaches the log (a definite failure) and is cut from the WAL,
-// but the database file keeps it: the old leader's copy holds a
-// transaction the cluster never committed.
+// An application's PRAGMA wal_checkpoint on the leader is refused: it
+// would copy queued frames that Raft has not committed into the database
+// file, where a transaction the cut removed from the WAL would survive.
+// Found in review: a definitely failed insert stayed in the old leader's
+// file, and reached every node when that node was elected again.
 func TestPipeline_AppCheckpointCopiesQueuedFrames(t *testing.T) {
 	h := &hooks{}
 	c := newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })

@@ -5,11 +5,12 @@ import (
 	"testing"
 )
 
-// The leader's read index (node.go readIndex) is fsm.AppliedIndex(), set
-// when FSM.Apply returns; a commit is acknowledged from inside Apply
-// (claim). Right after an acknowledged write, the leader may hand out a
-// read index below it: a follower that waits for that index and reads its
-// own copy misses the write (the torture failure at 15.956 s).
+// The leader's read index (node.go readIndex) is fsm.AppliedIndex(), and a
+// commit is acknowledged from inside Apply (claim): the applied index must
+// move before the acknowledgement. Found in review: right after an
+// acknowledged write the leader could hand out a read index below it, and
+// a follower that waited for that index missed the write (a register
+// history of the fault-injection suite was not linearizable).
 func TestPipeline_ReadIndexBelowAcknowledgedWrite(t *testing.T) {
 	c := newCluster(t, 3)
 	l := c.waitLeader()
@@ -37,7 +38,7 @@ func TestPipeline_ReadIndexBelowAcknowledgedWrite(t *testing.T) {
 }
 
 // End to end: a linearizable read on a follower right after a write was
-// acknowledged on the leader misses it.
+// acknowledged on the leader sees it.
 func TestPipeline_LinearizableFollowerReadMissesAckedWrite(t *testing.T) {
 	c := newCluster(t, 3)
 	l := c.waitLeader()

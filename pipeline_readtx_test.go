@@ -10,12 +10,11 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// A read-write transaction (BeginTx without ReadOnly: BEGIN IMMEDIATE on
-// the leader) that only reads sees the queued transactions of other
-// connections (no Fence: it holds the write lock), and its Commit writes
-// no frame, so it awaits nothing: it reports success at once. If the
-// queued transaction then fails and is cut, the application was told that
-// a transaction that read it committed.
+// A read-write transaction (BEGIN IMMEDIATE on the leader) that only reads
+// sees the queued transactions of other connections (it holds the write
+// lock: no Fence), and its Commit writes no frame. That Commit must wait
+// for them and fail if one is cut. Found in review: it reported success
+// at once, for a transaction that had read a write that then failed.
 func TestPipeline_ReadWriteTxWithoutWritesSeesCutTx(t *testing.T) {
 	h := &hooks{}
 	c := newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })

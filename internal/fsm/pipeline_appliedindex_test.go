@@ -7,8 +7,9 @@ import (
 
 // An acknowledged write must be at or below AppliedIndex, which the leader
 // hands out as its read index (node.go readIndex). claim ends the
-// commit's wait inside Apply, before Apply returns and sets the applied
-// index: the record write (held here by recMu) opens the window.
+// commit's wait inside Apply, before Apply returns: the applied index must
+// move first. The applied log's write (held here by recMu) keeps Apply
+// from returning meanwhile.
 func TestPipeline_AckBeforeAppliedIndex(t *testing.T) {
 	p := newPair(t)
 	d, c := p.open(t, "test.db", 4096)

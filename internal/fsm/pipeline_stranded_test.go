@@ -7,10 +7,10 @@ import (
 	"github.com/ncruces/go-sqlite3"
 )
 
-// Once the database is marked failed with no batch in flight while
-// transactions wait in the queue, nothing resolves them: the proposer takes
-// no batch while d.failed is set and nothing cuts the queue, so their
-// Await (and every leader read's Fence) waits until Close. Here claim's
+// Once the database is marked failed with transactions queued and no batch
+// in flight, their commits fail at once: the proposer proposes nothing for
+// a failed database. Found in review: they waited until Close (which then
+// deadlocked on the connections waiting in Await). Here claim's
 // applied-log record fails after A's batch was claimed, with B queued.
 func TestPipeline_FailedStrandsQueue(t *testing.T) {
 	p := newPair(t)

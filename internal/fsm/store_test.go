@@ -128,7 +128,8 @@ func TestSnapshot_RefusedWhileReplayingAfterRestart(t *testing.T) {
 		idx++
 		l := &raft.Log{Index: idx, Type: raft.LogCommand, Data: cmd}
 		logs = append(logs, l)
-		for _, f := range []*FSM{leader, follower} {
+		// The follower first: the leader's claim ends the commit's wait.
+		for _, f := range []*FSM{follower, leader} {
 			if r := f.Apply(l); r != nil {
 				return r.(error)
 			}
