@@ -710,6 +710,9 @@ func (n *Node) Close() error {
 	n.stopServe()
 	close(n.done)
 	n.fsm.Stop()
+	if s, ok := n.store.(interface{ stop() }); ok {
+		s.stop() // an append retried until the disk takes it gives up
+	}
 	shutdown := n.raft.Shutdown()
 	// Raft's shutdown waits for its RPCs; cut their connections, or one to
 	// a dead peer runs to its 10 s deadline (a snapshot's, longer).
