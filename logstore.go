@@ -105,10 +105,17 @@ type gapless struct {
 func (g *gapless) stop() { g.stopped.Store(true) }
 
 func (g *gapless) DeleteRange(min, max uint64) error {
-	if last, err := g.logStore.LastIndex(); err == nil && max >= last {
-		g.truncated.Store(true) // even if it fails: it may have cut part
+	last, err := g.logStore.LastIndex()
+	if err != nil {
+		return err
 	}
-	return g.logStore.DeleteRange(min, max)
+	if err := g.logStore.DeleteRange(min, max); err != nil {
+		return err // Raft leaves its last index alone and tries again
+	}
+	if max >= last {
+		g.truncated.Store(true) // the append that follows must not fail
+	}
+	return nil
 }
 
 func (g *gapless) StoreLog(l *raft.Log) error { return g.StoreLogs([]*raft.Log{l}) }
