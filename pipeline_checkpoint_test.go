@@ -2,7 +2,6 @@ package dqlite
 
 import (
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,14 +14,7 @@ import (
 // Found in review: a definitely failed insert stayed in the old leader's
 // file, and reached every node when that node was elected again.
 func TestPipeline_AppCheckpointCopiesQueuedFrames(t *testing.T) {
-	h := &hooks{}
-	c := newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })
-	l := c.waitLeader()
-	db := c.db(l, "test.db")
-	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
-	mustExec(t, db, `INSERT INTO t VALUES (1)`)
-	var armed atomic.Bool
-	armed.Store(true)
+	c, l, db, h, armed := leaderWithOneRow(t)
 	h.beforePropose = func() {
 		if !armed.CompareAndSwap(true, false) {
 			return
@@ -49,7 +41,10 @@ func TestPipeline_AppCheckpointCopiesQueuedFrames(t *testing.T) {
 	l2 := c.waitLeader()
 	t.Logf("old leader node %d, new leader node %d", l+1, l2+1)
 	mustExec(t, c.db(l2, "test.db"), `INSERT INTO t VALUES (3)`)
-	time.Sleep(time.Second)
+	waitFor(t, 10*time.Second, "the old leader to apply row 3", func() bool {
+		var n int
+		return c.db(l, "test.db").QueryRow(`SELECT count(*) FROM t WHERE id = 3`).Scan(&n) == nil && n == 1
+	})
 	// The old leader's own checkpoint, as it runs when its WAL is long.
 	if err := c.nodes[l].fsm.Database("test.db").CheckpointNow(10 * time.Second); err != nil {
 		t.Logf("checkpoint on the old leader: %v", err)

@@ -3,7 +3,6 @@ package dqlite
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,14 +15,7 @@ import (
 // for them and fail if one is cut. Found in review: it reported success
 // at once, for a transaction that had read a write that then failed.
 func TestPipeline_ReadWriteTxWithoutWritesSeesCutTx(t *testing.T) {
-	h := &hooks{}
-	c := newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })
-	l := c.waitLeader()
-	db := c.db(l, "test.db")
-	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
-	mustExec(t, db, `INSERT INTO t VALUES (1)`)
-	var armed atomic.Bool
-	armed.Store(true)
+	c, l, db, h, armed := leaderWithOneRow(t)
 	var seen int
 	var commitErr error
 	committed := make(chan struct{})

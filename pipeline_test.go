@@ -2,6 +2,7 @@ package dqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,6 +10,20 @@ import (
 	"testing"
 	"time"
 )
+
+// leaderWithOneRow starts a 3-node cluster with test hooks and row 1 in
+// table t; armed is for a hook that must fire once.
+func leaderWithOneRow(t *testing.T) (c *cluster, l int, db *sql.DB, h *hooks, armed *atomic.Bool) {
+	h = &hooks{}
+	c = newCluster(t, 3, func(cfg *Config) { cfg.hooks = h })
+	l = c.waitLeader()
+	db = c.db(l, "test.db")
+	mustExec(t, db, `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	mustExec(t, db, `INSERT INTO t VALUES (1)`)
+	armed = new(atomic.Bool)
+	armed.Store(true)
+	return c, l, db, h, armed
+}
 
 // Concurrent writers on the leader share Raft rounds: while one batch
 // replicates, the next transactions run and queue, and go out together.

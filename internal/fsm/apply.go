@@ -212,20 +212,10 @@ func (d *DB) maybeCheckpoint() {
 		return
 	}
 	defer d.ckptMu.Unlock()
-	// The committed state only: none of the leader's queued transactions,
-	// and local commits wait until it is done (DB.Commit).
-	d.mu.Lock()
-	if len(d.queue) > 0 || d.unrewound {
-		d.mu.Unlock()
+	if !d.holdCommits() {
 		return
 	}
-	d.ckptRun = true
-	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.endRunLocked()
-		d.mu.Unlock()
-	}()
+	defer d.releaseCommits()
 	d.apply.BusyTimeout(0)
 	defer d.apply.BusyTimeout(time.Second)
 	crashpoint.Hit("checkpoint-start")

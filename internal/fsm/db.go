@@ -350,27 +350,24 @@ func (d *DB) CheckpointNow(timeout time.Duration) error {
 	defer d.ckptMu.Unlock()
 	for {
 		d.applyMu.Lock()
-		d.mu.Lock()
-		empty := len(d.queue) == 0 && !d.unrewound
-		if empty {
-			d.ckptRun = true // local commits wait at their commit frame
-		}
-		d.mu.Unlock()
-		if empty {
+		if d.holdCommits() {
 			break
 		}
 		d.applyMu.Unlock()
-		if time.Now().After(deadline) {
+		// Wait for the queue to move (or the deadline).
+		d.mu.Lock()
+		moved := d.resolvedCh
+		d.mu.Unlock()
+		select {
+		case <-moved:
+		case <-time.After(time.Until(deadline)):
 			return fmt.Errorf("%w: local transactions are being replicated", errs.ErrBusy)
+		case <-d.stop:
+			return errs.ErrClosed
 		}
-		time.Sleep(time.Millisecond)
 	}
 	defer d.applyMu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.endRunLocked()
-		d.mu.Unlock()
-	}()
+	defer d.releaseCommits()
 	// Wait for the write lock, but not for a writer that waits for this
 	// checkpoint (at its commit frame): give up the truncation instead.
 	err := d.apply.BusyHandler(func(ctx context.Context, count int) bool {

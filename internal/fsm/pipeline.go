@@ -34,13 +34,12 @@ type ptx struct {
 	seq       uint64 // 1 + the seq of the one before it
 	conn      uint64
 	tx        *vfs.Tx
-	prev, hdr wal.IndexHeader // the wal-index header before and after it
+	hdr       wal.IndexHeader // the wal-index header after it
 	confirmed bool            // SQLite published it
 	returned  bool            // its statement returned (then it is confirmed or was rolled back)
 	proposed  bool
 	done      chan struct{} // closed once resolved: err is set
 	err       error
-	index     uint64 // its Raft index, once committed
 }
 
 // pipeStats counts the leader's Frames entries and the transactions in them.
@@ -126,7 +125,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	if len(d.queue) == 0 {
 		d.base = prev
 	}
-	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, prev: prev, hdr: h, done: make(chan struct{})}
+	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, hdr: h, done: make(chan struct{})}
 	d.queue = append(d.queue, t)
 	d.last[conn] = t
 	d.written.Store(t.seq)
@@ -160,7 +159,7 @@ func (d *DB) confirmLocked(cur wal.IndexHeader, next bool) {
 
 // resolveLocked ends t's wait. d.mu is held; t is out of the queue.
 func (d *DB) resolveLocked(t *ptx, index uint64, err error) {
-	t.index, t.err = index, err
+	t.err = err
 	close(t.done)
 	if err == nil {
 		d.commits[t.conn] = index
@@ -294,12 +293,8 @@ func (d *DB) propose() {
 		if d.failed != nil && len(d.queue) > 0 && d.inflight == nil {
 			// This copy is no longer served: nothing queued will be
 			// proposed. Their commits fail (nothing of them reached Raft).
-			q := d.queue
-			d.queue = nil
 			d.cuts.Add(1)
-			for _, t := range q {
-				d.resolveLocked(t, 0, d.failed)
-			}
+			d.failQueueLocked(d.failed, d.failed)
 		}
 		b := d.takeBatchLocked(term)
 		waitHead := b == nil && len(d.queue) > 0 && !d.queue[0].confirmed
@@ -397,13 +392,7 @@ func (d *DB) merge(b *batch) *command.Frames {
 func (d *DB) sendBatch(b *batch) {
 	var err error
 	if b.term == 0 && d.opts.Term != nil {
-		// Not the ready leader: nothing can be proposed.
-		err = errs.ErrNotLeader
-		if d.opts.CheckWrite != nil {
-			if e := d.opts.CheckWrite(); e != nil {
-				err = e
-			}
-		}
+		err = d.refusal(errs.ErrNotLeader) // not the ready leader: nothing can be proposed
 	} else {
 		err = d.opts.Propose(command.EncodeFrames(d.merge(b)))
 	}
@@ -473,9 +462,24 @@ func (d *DB) endDrainLocked() {
 	}
 }
 
-// endRunLocked ends a checkpoint: local commits go on. Only the holder of
-// ckptMu sets and ends it. d.mu is held.
-func (d *DB) endRunLocked() {
+// holdCommits starts a checkpoint of the committed state: it reports
+// false if local transactions are queued (the WAL holds frames Raft has
+// not committed), else local commits wait at their commit frame until
+// releaseCommits. Only the holder of ckptMu calls it.
+func (d *DB) holdCommits() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.queue) > 0 || d.unrewound {
+		return false
+	}
+	d.ckptRun = true
+	return true
+}
+
+// releaseCommits ends holdCommits.
+func (d *DB) releaseCommits() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.ckptRun {
 		d.ckptRun = false
 		close(d.gate)
@@ -610,12 +614,25 @@ func (d *DB) cutLocked(cause error, closing bool) {
 			d.failed = fmt.Errorf("%w: %s is closing", errs.ErrClosed, d.Name)
 		}
 	}
-	never := cause
+	d.failQueueLocked(cause, d.refusal(cause))
+	d.broken = nil
+	d.endDrainLocked()
+}
+
+// refusal returns the error a new write gets now, or fallback if it would
+// get none: what a transaction that was never proposed failed with.
+func (d *DB) refusal(fallback error) error {
 	if d.opts.CheckWrite != nil {
 		if err := d.opts.CheckWrite(); err != nil {
-			never = err
+			return err
 		}
 	}
+	return fallback
+}
+
+// failQueueLocked ends every queued transaction's wait: the proposed ones
+// with cause, the others with never. d.mu is held.
+func (d *DB) failQueueLocked(cause, never error) {
 	q := d.queue
 	d.queue = nil
 	d.inflight = nil
@@ -626,8 +643,6 @@ func (d *DB) cutLocked(cause error, closing bool) {
 		}
 		d.resolveLocked(t, 0, err)
 	}
-	d.broken = nil
-	d.endDrainLocked()
 }
 
 // stopProposer stops the proposer goroutine and waits for it.
