@@ -150,6 +150,10 @@ func TestSession_OpenCursorStaleAfterForwardedWrite(t *testing.T) {
 	f := c.follower(l)
 	ctx := context.Background()
 	mustExec(t, c.db(l, "oc.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1),(2),(3)`)
+	waitFor(t, 10*time.Second, "the follower to apply the rows", func() bool {
+		var n int
+		return c.db(f, "oc.db").QueryRow(`SELECT count(*) FROM t`).Scan(&n) == nil && n == 3
+	})
 	for _, i := range []int{l, f} {
 		conn := mustConn(t, c.db(i, "oc.db"))
 		var n0 int
