@@ -10,8 +10,11 @@ import (
 	"crypto/x509/pkix"
 	"database/sql"
 	"errors"
+	"log/slog"
 	"math/big"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,5 +121,110 @@ func TestForward_OverTLS(t *testing.T) {
 		}
 	}
 	o.record(3, errors.New("refused"))
+	c.check("tls.db", `SELECT id FROM t`, o)
+}
+
+// recordLog is a slog handler that keeps the messages of warnings.
+type recordLog struct {
+	mu   *sync.Mutex
+	msgs *[]string
+}
+
+func newRecordLog() recordLog { return recordLog{mu: &sync.Mutex{}, msgs: &[]string{}} }
+
+func (h recordLog) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (h recordLog) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := r.Message
+	r.Attrs(func(a slog.Attr) bool { s += " " + a.String(); return true })
+	*h.msgs = append(*h.msgs, s)
+	return nil
+}
+func (h recordLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordLog) WithGroup(string) slog.Handler      { return h }
+
+func (h recordLog) count(substr string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range *h.msgs {
+		if strings.Contains(m, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConfigTLS: with Config.TLS every node's Raft traffic, forwarded
+// writes and remote clients use mutual TLS; a plaintext peer, a client
+// without a certificate and one whose certificate another CA signed are
+// refused, and each refusal is logged.
+func TestConfigTLS(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	nodeTLS := &tls.Config{Certificates: serverTLS.Certificates, RootCAs: clientTLS.RootCAs}
+	logs := newRecordLog()
+	c := newCluster(t, 3, func(cfg *Config) {
+		cfg.TLS = nodeTLS
+		if cfg.ID == 1 {
+			cfg.Logger = slog.New(logs)
+		}
+	})
+	l := c.waitLeader()
+	f := c.follower(l)
+	mustExec(t, c.db(f, "tls.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)`)
+	o := newOutcome()
+	o.record(1, nil)
+
+	remote := sql.OpenDB(driver.NewRemoteConnector([]string{c.nodes[f].Address()}, "tls.db", driver.RemoteOptions{TLS: clientTLS}))
+	defer remote.Close()
+	if _, err := remote.Exec(`INSERT INTO t VALUES (2)`); err != nil {
+		t.Fatalf("remote client over TLS: %v", err)
+	}
+	o.record(2, nil)
+
+	_, otherCA := testTLS(t) // a certificate of another CA
+	otherCA.RootCAs = clientTLS.RootCAs
+	addr := c.nodes[0].Address()
+	for name, opts := range map[string]driver.RemoteOptions{
+		"plaintext":                        {},
+		"TLS without a client certificate": {TLS: &tls.Config{RootCAs: clientTLS.RootCAs}},
+		"a certificate of another CA":      {TLS: otherCA},
+	} {
+		before := logs.count("refused a connection")
+		opts.Timeout = time.Second
+		bad := sql.OpenDB(driver.NewRemoteConnector([]string{addr}, "tls.db", opts))
+		_, err := bad.Exec(`INSERT INTO t VALUES (3)`)
+		bad.Close()
+		t.Logf("%s client: %v", name, err)
+		if !errors.Is(err, ErrNoLeader) {
+			t.Errorf("%s client: %v, want it refused (ErrNoLeader)", name, err)
+		}
+		waitFor(t, 5*time.Second, "the refusal to be logged", func() bool { return logs.count("refused a connection") > before })
+	}
+	o.record(3, errors.New("refused"))
+
+	// A Raft peer in plaintext: the bytes of an AppendEntries RPC.
+	before := logs.count("refused a connection")
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Write([]byte{0, 0x80, 0x80, 0x80})
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := nc.Read(make([]byte, 64)); err == nil {
+		t.Errorf("a plaintext Raft peer got %d bytes back", n)
+	}
+	nc.Close()
+	waitFor(t, 5*time.Second, "the plaintext peer's refusal to be logged", func() bool { return logs.count("refused a connection") > before })
+
+	// The status and membership operations go over TLS too.
+	st, err := driver.RemoteStatus(context.Background(), driver.DialTLS(nil, clientTLS), addr)
+	if err != nil || len(st.Members) != 3 || st.LeaderID == 0 {
+		t.Errorf("status over TLS: %+v, %v", st, err)
+	}
+	if _, err := driver.RemoteStatus(context.Background(), nil, addr); err == nil {
+		t.Errorf("status in plaintext was answered")
+	}
 	c.check("tls.db", `SELECT id FROM t`, o)
 }

@@ -2,14 +2,17 @@ package dqlite
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/godqlite/dqlite/driver"
 	"github.com/godqlite/dqlite/internal/wire"
 )
 
@@ -27,6 +30,8 @@ type streamLayer struct {
 	net.Listener
 	dial  func(ctx context.Context, address string) (net.Conn, error)
 	serve func(net.Conn) // takes a client protocol connection; set before Start
+	tls   *tls.Config    // Config.TLS made a server's configuration; nil: plaintext
+	log   *slog.Logger
 
 	raftConns chan net.Conn // routed to Raft, for Accept
 	done      chan struct{} // closed by Close
@@ -56,7 +61,22 @@ func newStreamLayer(cfg Config) (*streamLayer, error) {
 			return d.DialContext(ctx, "tcp", address)
 		}
 	}
+	if cfg.TLS != nil {
+		s.tls, s.log = serverTLS(cfg.TLS), cfg.Logger
+		s.dial = driver.DialTLS(s.dial, cfg.TLS)
+	}
 	return s, nil
+}
+
+// serverTLS is c for accepting: every peer and client must show a
+// certificate that the configuration's CAs signed.
+func serverTLS(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	c.ClientAuth = tls.RequireAndVerifyClientCert
+	if c.ClientCAs == nil {
+		c.ClientCAs = c.RootCAs
+	}
+	return c
 }
 
 // start accepts connections until Close.
@@ -89,15 +109,26 @@ func (s *streamLayer) start() {
 }
 
 // route reads a connection's first byte and hands it to Raft or serve.
-func (s *streamLayer) route(c *trackedConn) {
+func (s *streamLayer) route(tc *trackedConn) {
 	defer s.wg.Done()
+	var c net.Conn = tc
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if s.tls != nil {
+		t := tls.Server(tc, s.tls)
+		if err := t.Handshake(); err != nil {
+			// A plaintext peer, an unknown certificate, no certificate.
+			s.log.Warn("refused a connection: TLS handshake failed", "from", tc.RemoteAddr().String(), "err", err)
+			t.Close()
+			return
+		}
+		c = t
+	}
 	var first [1]byte
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(c, first[:]); err != nil {
 		c.Close()
 		return
 	}
-	c.SetReadDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 	if first[0] == wire.Magic {
 		s.serve(c)
 		return

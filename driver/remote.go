@@ -2,7 +2,9 @@ package driver
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql/driver"
+	"fmt"
 	"net"
 	"reflect"
 	"sync"
@@ -16,6 +18,9 @@ type RemoteOptions struct {
 	// Dial opens a connection to a node (for example over TLS). Default:
 	// TCP.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
+	// TLS, when set, is the client's mutual TLS configuration (see
+	// DialTLS), on top of Dial.
+	TLS *tls.Config
 	// ReadLevel is the read level of queries whose context names none.
 	ReadLevel ReadLevel
 	// Timeout bounds the search for the leader when a statement's context
@@ -47,6 +52,9 @@ func NewRemoteConnector(addrs []string, name string, opts RemoteOptions) *Remote
 		dial = func(ctx context.Context, address string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", address)
 		}
+	}
+	if opts.TLS != nil {
+		dial = DialTLS(dial, opts.TLS)
 	}
 	addrs = append([]string{}, addrs...)
 	return &RemoteConnector{name: name, level: opts.ReadLevel, t: &target{
@@ -241,3 +249,31 @@ func (r remoteRows) ColumnTypeDatabaseTypeName(i int) string {
 	return r.rs.ColumnTypeDatabaseTypeName(i)
 }
 func (r remoteRows) ColumnTypeScanType(i int) reflect.Type { return r.rs.ColumnTypeScanType(i) }
+
+// DialTLS wraps dial (nil: TCP) in a TLS client of configuration c, which
+// verifies the node's certificate against the host of the address it
+// dialed unless c names a ServerName.
+func DialTLS(dial func(ctx context.Context, address string) (net.Conn, error), c *tls.Config) func(ctx context.Context, address string) (net.Conn, error) {
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
+	}
+	return func(ctx context.Context, address string) (net.Conn, error) {
+		nc, err := dial(ctx, address)
+		if err != nil {
+			return nil, err
+		}
+		cc := c.Clone()
+		if cc.ServerName == "" {
+			if host, _, err := net.SplitHostPort(address); err == nil {
+				cc.ServerName = host
+			}
+		}
+		tc := tls.Client(nc, cc)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS with %s: %w", address, err)
+		}
+		return tc, nil
+	}
+}

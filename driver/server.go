@@ -155,6 +155,10 @@ func (sv *server) close() {
 // when the session must end after the answer.
 func (sv *server) handle(ctx context.Context, t wire.Type, r *wire.Reader) bool {
 	if sv.c == nil {
+		if t == wire.Admin {
+			sv.admin(ctx, r)
+			return false
+		}
 		if t != wire.Hello {
 			sv.fail(fmt.Errorf("%w: the first request is not hello", wire.ErrMalformed))
 			return false

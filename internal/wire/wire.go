@@ -51,6 +51,18 @@ const (
 	Rollback                  // nothing; Done
 	ReadIndex                 // nothing; Index
 	Interrupt                 // nothing; no response: stops the running request
+	// Admin, instead of Hello as a connection's only request: an
+	// operation code, a node ID and an address; answered by Status (for
+	// AdminStatus) or Done, then the node closes the connection.
+	Admin
+)
+
+// Admin operations.
+const (
+	AdminStatus   uint64 = iota // the node's view of itself and the cluster
+	AdminAdd                    // add a voter: ID, address
+	AdminRemove                 // remove a member: ID
+	AdminTransfer               // transfer leadership: ID (0: any voter)
 )
 
 // Responses, sent by the node.
@@ -62,6 +74,7 @@ const (
 	Done                       // state
 	Index                      // a Raft index
 	Failure                    // an error, state
+	Status                     // a node's status (driver.NodeStatus)
 )
 
 // Writer builds one frame's body.

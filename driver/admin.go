@@ -1,0 +1,184 @@
+package driver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/wire"
+)
+
+// NodeStatus is what a node says of itself and of the cluster it knows.
+type NodeStatus struct {
+	ID            uint64
+	Address       string
+	LeaderID      uint64 // 0 when no leader is known
+	LeaderAddress string
+	Term          uint64
+	CommitIndex   uint64
+	AppliedIndex  uint64
+	LastIndex     uint64 // of its Raft log
+	Members       []Member
+}
+
+// Member is a member of the cluster's configuration.
+type Member struct {
+	ID      uint64
+	Address string
+	Voter   bool
+}
+
+// AdminBackend is what a node offers operators over the client protocol.
+type AdminBackend interface {
+	Status() NodeStatus
+	// AddVoter, RemoveNode and TransferLeadership change the cluster on
+	// the leader; elsewhere they fail with an error matching ErrNotLeader.
+	AddVoter(ctx context.Context, id uint64, address string) error
+	RemoveNode(ctx context.Context, id uint64) error
+	TransferLeadership(ctx context.Context, id uint64) error
+}
+
+// admin runs an Admin request: the connection's only one.
+func (sv *server) admin(ctx context.Context, r *wire.Reader) {
+	op, id, addr := r.Uint(), r.Uint(), r.String()
+	if err := r.End(); err != nil {
+		sv.fail(err)
+		return
+	}
+	ab, ok := sv.b.(AdminBackend)
+	if !ok {
+		sv.fail(errors.New("dqlite: this node offers no operations"))
+		return
+	}
+	var err error
+	switch op {
+	case wire.AdminStatus:
+		st := ab.Status()
+		sv.w.Reset(wire.Status)
+		sv.w.Uint(st.ID)
+		sv.w.String(st.Address)
+		sv.w.Uint(st.LeaderID)
+		sv.w.String(st.LeaderAddress)
+		sv.w.Uint(st.Term)
+		sv.w.Uint(st.CommitIndex)
+		sv.w.Uint(st.AppliedIndex)
+		sv.w.Uint(st.LastIndex)
+		sv.w.Uint(uint64(len(st.Members)))
+		for _, m := range st.Members {
+			sv.w.Uint(m.ID)
+			sv.w.String(m.Address)
+			sv.w.Bool(m.Voter)
+		}
+		return
+	case wire.AdminAdd:
+		err = ab.AddVoter(ctx, id, addr)
+	case wire.AdminRemove:
+		err = ab.RemoveNode(ctx, id)
+	case wire.AdminTransfer:
+		err = ab.TransferLeadership(ctx, id)
+	default:
+		err = fmt.Errorf("%w: admin operation %d", wire.ErrMalformed, op)
+	}
+	if err != nil {
+		sv.fail(err)
+		return
+	}
+	sv.w.Reset(wire.Done)
+	sv.w.Bool(false)
+	sv.w.Uint(0)
+}
+
+// adminCall sends one Admin request to the node at address and returns
+// its answer.
+func adminCall(ctx context.Context, dial func(context.Context, string) (net.Conn, error), address string,
+	op, id uint64, arg string) (wire.Type, *wire.Reader, error) {
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	nc, err := dial(dctx, address)
+	cancel()
+	if err != nil {
+		return 0, nil, err
+	}
+	s := &session{nc: nc, br: bufio.NewReaderSize(nc, 64<<10)}
+	defer nc.Close()
+	if _, err := nc.Write([]byte{wire.Magic, wire.Version}); err != nil {
+		return 0, nil, err
+	}
+	s.w.Reset(wire.Admin)
+	s.w.Uint(op)
+	s.w.Uint(id)
+	s.w.String(arg)
+	typ, r, err := s.call(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	if typ == wire.Failure {
+		_, _ = r.Bool(), r.Uint()
+		return 0, nil, getError(r)
+	}
+	return typ, r, nil
+}
+
+// RemoteStatus asks the node at address for its status. dial opens the
+// connection (nil: TCP), as RemoteOptions.Dial.
+func RemoteStatus(ctx context.Context, dial func(context.Context, string) (net.Conn, error), address string) (NodeStatus, error) {
+	typ, r, err := adminCall(ctx, dial, address, wire.AdminStatus, 0, "")
+	if err != nil {
+		return NodeStatus{}, err
+	}
+	if typ != wire.Status {
+		return NodeStatus{}, fmt.Errorf("%w: answer of type %d to a status request", wire.ErrMalformed, typ)
+	}
+	st := NodeStatus{ID: r.Uint(), Address: r.String(), LeaderID: r.Uint(), LeaderAddress: r.String(),
+		Term: r.Uint(), CommitIndex: r.Uint(), AppliedIndex: r.Uint(), LastIndex: r.Uint()}
+	for range r.Count(3) {
+		st.Members = append(st.Members, Member{ID: r.Uint(), Address: r.String(), Voter: r.Bool()})
+	}
+	return st, r.End()
+}
+
+// RemoteAdmin changes the membership of the cluster that the nodes at
+// addrs (some or all of its members) belong to: it finds the leader and
+// asks it. op is "add" (a voter id at address), "remove" (id) or
+// "transfer" (leadership to id; 0: any voter).
+func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string,
+	op string, id uint64, address string) error {
+	code := map[string]uint64{"add": wire.AdminAdd, "remove": wire.AdminRemove, "transfer": wire.AdminTransfer}[op]
+	if code == 0 {
+		return fmt.Errorf("dqlite: unknown operation %q (add, remove, transfer)", op)
+	}
+	leader, err := RemoteLeader(ctx, dial, addrs)
+	if err != nil {
+		return err
+	}
+	typ, _, err := adminCall(ctx, dial, leader, code, id, address)
+	if err == nil && typ != wire.Done {
+		err = fmt.Errorf("%w: answer of type %d to %s", wire.ErrMalformed, typ, op)
+	}
+	return err
+}
+
+// RemoteLeader returns the address of the leader that the nodes at addrs
+// know of, asking each in turn.
+func RemoteLeader(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) (string, error) {
+	var tried []string
+	for _, a := range addrs {
+		st, err := RemoteStatus(ctx, dial, a)
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s: %v", a, err))
+			continue
+		}
+		if st.LeaderAddress != "" {
+			return st.LeaderAddress, nil
+		}
+		tried = append(tried, a+": knows no leader")
+	}
+	return "", fmt.Errorf("%w: %v", errs.ErrNoLeader, tried)
+}
