@@ -1,6 +1,8 @@
 package dqlite
 
 import (
+	"errors"
+
 	"github.com/godqlite/dqlite/internal/errs"
 )
 
@@ -65,6 +67,13 @@ var (
 	// ErrNoNode is returned for a data source name that names no node
 	// running in this process.
 	ErrNoNode = errs.ErrNoNode
+	// ErrNotRecoverable is returned by Recover when it refuses: the old
+	// cluster still works, the node is running, or the members given do
+	// not fit the directory.
+	ErrNotRecoverable = errors.New("dqlite: recovery refused")
+	// ErrIDClash is returned by New and Recover for a data directory that
+	// belongs to a node of another ID.
+	ErrIDClash = errors.New("dqlite: data directory belongs to another node")
 )
 
 // NotLeaderError is returned on a node that is not the leader, or not a

@@ -88,6 +88,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	cleanup = append(cleanup, func() { lock.Close() })
 	n.lock = lock
+	if err := checkNodeID(cfg.Dir, cfg.ID); err != nil {
+		return fail(err)
+	}
 	hlog := newHclog(cfg.Logger)
 	store, err := openLogStore(cfg, hlog)
 	if err != nil {
