@@ -399,6 +399,9 @@ func dump(t testing.TB, db *sql.DB) string {
 	var b strings.Builder
 	for _, tb := range tables {
 		rows, err := db.Query(fmt.Sprintf(`SELECT * FROM %q ORDER BY rowid`, tb))
+		if err != nil && strings.Contains(err.Error(), "no such column: rowid") { // WITHOUT ROWID
+			rows, err = db.Query(fmt.Sprintf(`SELECT * FROM %q`, tb))
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

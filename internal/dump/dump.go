@@ -1,0 +1,393 @@
+// Package dump writes a database's content as SQL text, and replaces a
+// database's content with another's, statement by statement. It reads
+// through a Source, which an *sql.Tx, an *sql.Conn or a raw SQLite
+// connection provide, so that the same code serves a node's own
+// databases, a remote client and a plain SQLite file.
+//
+// Values are written with SQLite's quote(), so that they read back with
+// the same type and bytes: integers, reals (in enough digits to round
+// trip), text and blobs (X'…').
+package dump
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/ncruces/go-sqlite3"
+)
+
+// Source runs a query whose columns are all text, calling fn for each
+// row; fn's slice is valid during the call only.
+type Source interface {
+	Rows(ctx context.Context, query string, args []any, fn func(cols []string) error) error
+}
+
+// Querier is what SQL needs: *sql.DB, *sql.Conn and *sql.Tx have it.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// SQL is a Source that reads through database/sql. Give it an *sql.Tx
+// (or an *sql.Conn in a transaction) for a consistent dump.
+func SQL(q Querier) Source { return sqlSource{q} }
+
+type sqlSource struct{ q Querier }
+
+func (s sqlSource) Rows(ctx context.Context, query string, args []any, fn func([]string) error) error {
+	rows, err := s.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return err
+	}
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	strs := make([]string, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return err
+		}
+		for i, v := range vals {
+			strs[i] = v.String
+		}
+		if err := fn(strs); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// Raw is a Source that reads a SQLite connection directly.
+func Raw(c *sqlite3.Conn) Source { return rawSource{c} }
+
+type rawSource struct{ c *sqlite3.Conn }
+
+func (s rawSource) Rows(ctx context.Context, query string, args []any, fn func([]string) error) error {
+	if old := s.c.SetInterrupt(ctx); old != ctx {
+		defer s.c.SetInterrupt(old)
+	}
+	st, _, err := s.c.Prepare(query)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for i, a := range args {
+		if err := st.BindText(i+1, fmt.Sprint(a)); err != nil {
+			return err
+		}
+	}
+	strs := make([]string, st.ColumnCount())
+	for st.Step() {
+		for i := range strs {
+			strs[i] = st.ColumnText(i)
+		}
+		if err := fn(strs); err != nil {
+			return err
+		}
+	}
+	return st.Err()
+}
+
+// Ident quotes an SQL identifier.
+func Ident(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+
+// object is a row of sqlite_schema.
+type object struct{ typ, name, table, sql string }
+
+func schema(ctx context.Context, src Source) ([]object, error) {
+	var objs []object
+	err := src.Rows(ctx, `SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid`, nil,
+		func(c []string) error {
+			objs = append(objs, object{c[0], c[1], c[2], c[3]})
+			return nil
+		})
+	return objs, err
+}
+
+// kinds returns each table's kind from pragma_table_list: "table",
+// "virtual", "shadow", and whether it is WITHOUT ROWID.
+func kinds(ctx context.Context, src Source) (kind map[string]string, withoutRowid map[string]bool, err error) {
+	kind, withoutRowid = map[string]string{}, map[string]bool{}
+	err = src.Rows(ctx, `SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'`, nil, func(c []string) error {
+		kind[c[0]] = c[1]
+		withoutRowid[c[0]] = c[2] == "1"
+		return nil
+	})
+	return kind, withoutRowid, err
+}
+
+// Statements calls emit with each statement (without its semicolon) that
+// recreates the database src reads, in an empty database: tables and
+// their rows, sqlite_sequence and sqlite_stat1, then indexes, triggers
+// and views, then user_version and application_id. The content of a
+// virtual table comes with its shadow tables'.
+func Statements(ctx context.Context, src Source, emit func(stmt string) error) error {
+	objs, err := schema(ctx, src)
+	if err != nil {
+		return err
+	}
+	kind, withoutRowid, err := kinds(ctx, src)
+	if err != nil {
+		return err
+	}
+	var shadows []string
+	for _, o := range objs {
+		if o.typ != "table" || strings.HasPrefix(o.name, "sqlite_") {
+			continue
+		}
+		if kind[o.name] == "shadow" {
+			shadows = append(shadows, o.name) // created by its virtual table
+			continue
+		}
+		if err := emit(o.sql); err != nil {
+			return err
+		}
+		if kind[o.name] == "virtual" {
+			continue
+		}
+		if err := rows(ctx, src, o.name, !withoutRowid[o.name], emit); err != nil {
+			return err
+		}
+	}
+	for _, name := range shadows {
+		// The virtual table wrote its own rows there when created.
+		if err := emit("DELETE FROM " + Ident(name)); err != nil {
+			return err
+		}
+		if err := rows(ctx, src, name, !withoutRowid[name], emit); err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{"sqlite_sequence", "sqlite_stat1"} {
+		if kind[name] == "" {
+			continue
+		}
+		if name == "sqlite_stat1" {
+			if err := emit("ANALYZE sqlite_schema"); err != nil { // creates it
+				return err
+			}
+		}
+		if err := emit("DELETE FROM " + name); err != nil {
+			return err
+		}
+		if err := rows(ctx, src, name, false, emit); err != nil {
+			return err
+		}
+	}
+	for _, o := range objs {
+		if o.typ == "table" {
+			continue
+		}
+		if err := emit(o.sql); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{"user_version", "application_id"} {
+		var v string
+		if err := src.Rows(ctx, "PRAGMA "+p, nil, func(c []string) error { v = c[0]; return nil }); err != nil {
+			return err
+		}
+		if v != "0" && v != "" {
+			if err := emit("PRAGMA " + p + " = " + v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// rows emits an INSERT for each row of table, with its rowid when the
+// table has one that no column stands for.
+func rows(ctx context.Context, src Source, table string, rowid bool, emit func(string) error) error {
+	var cols []string
+	ipk := 0
+	names := map[string]bool{}
+	err := src.Rows(ctx, `SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)`, []any{table}, func(c []string) error {
+		names[strings.ToLower(c[0])] = true
+		if c[2] != "0" {
+			ipk++
+			if !strings.EqualFold(c[1], "INTEGER") || c[2] != "1" {
+				ipk += 100 // not a rowid alias
+			}
+		}
+		if c[3] == "0" { // not generated, not a virtual table's hidden column
+			cols = append(cols, c[0])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(cols) == 0 {
+		return nil
+	}
+	// An INTEGER PRIMARY KEY is the rowid; a column named like the rowid
+	// hides it.
+	rowid = rowid && ipk != 1 && !names["rowid"] && !names["_rowid_"] && !names["oid"]
+	var sel, ins strings.Builder
+	sel.WriteString("SELECT ")
+	ins.WriteString("INSERT INTO " + Ident(table) + "(")
+	if rowid {
+		sel.WriteString("quote(rowid), ")
+		ins.WriteString("rowid, ")
+	}
+	for i, c := range cols {
+		if i > 0 {
+			sel.WriteString(", ")
+			ins.WriteString(", ")
+		}
+		sel.WriteString("quote(" + Ident(c) + ")")
+		ins.WriteString(Ident(c))
+	}
+	sel.WriteString(" FROM " + Ident(table))
+	if rowid {
+		sel.WriteString(" ORDER BY rowid")
+	}
+	ins.WriteString(") VALUES(")
+	prefix := ins.String()
+	var b strings.Builder
+	return src.Rows(ctx, sel.String(), nil, func(vals []string) error {
+		b.Reset()
+		b.WriteString(prefix)
+		for i, v := range vals {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(v)
+		}
+		b.WriteByte(')')
+		return emit(b.String())
+	})
+}
+
+// Write writes the database src reads as SQL text that sqlite3 loads into
+// an empty database: one transaction, foreign keys off while it loads.
+func Write(ctx context.Context, src Source, w io.Writer) error {
+	if _, err := io.WriteString(w, "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n"); err != nil {
+		return err
+	}
+	err := Statements(ctx, src, func(s string) error {
+		_, err := io.WriteString(w, s+";\n")
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(w, "COMMIT;\n")
+	return err
+}
+
+// Execer runs a statement: a transaction of the database being replaced.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// Replace makes the database that dst writes (in one transaction, which
+// the caller commits) hold what src reads, and nothing else: it drops
+// every table, index, trigger and view of dst, then recreates src's.
+// Foreign keys are checked at the commit (PRAGMA defer_foreign_keys).
+func Replace(ctx context.Context, src Source, dst Source, exec Execer) error {
+	run := func(s string) error {
+		if _, err := exec.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("%.200s: %w", s, err)
+		}
+		return nil
+	}
+	if err := run("PRAGMA defer_foreign_keys = ON"); err != nil {
+		return err
+	}
+	objs, err := schema(ctx, dst)
+	if err != nil {
+		return err
+	}
+	kind, _, err := kinds(ctx, dst)
+	if err != nil {
+		return err
+	}
+	// Views and triggers first, then virtual tables (which drop their
+	// shadow tables), then the other tables (with their indexes).
+	for _, pass := range []func(o object) string{
+		func(o object) string {
+			if o.typ == "view" || o.typ == "trigger" {
+				return "DROP " + strings.ToUpper(o.typ) + " IF EXISTS " + Ident(o.name)
+			}
+			return ""
+		},
+		func(o object) string {
+			if o.typ == "table" && kind[o.name] == "virtual" {
+				return "DROP TABLE IF EXISTS " + Ident(o.name)
+			}
+			return ""
+		},
+		func(o object) string {
+			if o.typ == "table" && kind[o.name] == "table" && !strings.HasPrefix(o.name, "sqlite_") {
+				return "DROP TABLE IF EXISTS " + Ident(o.name)
+			}
+			return ""
+		},
+	} {
+		for _, o := range objs {
+			if s := pass(o); s != "" {
+				if err := run(s); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if kind["sqlite_sequence"] != "" {
+		if err := run("DELETE FROM sqlite_sequence"); err != nil {
+			return err
+		}
+	}
+	if kind["sqlite_stat1"] != "" {
+		if err := run("DROP TABLE sqlite_stat1"); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{"user_version", "application_id"} {
+		if err := run("PRAGMA " + p + " = 0"); err != nil {
+			return err
+		}
+	}
+	return Statements(ctx, src, run)
+}
+
+// OpenFile opens a plain SQLite file read-only, after checking that
+// it is one and is intact.
+func OpenFile(path string) (*sqlite3.Conn, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if st.Size() == 0 {
+		return nil, errors.New("empty, not a SQLite database")
+	}
+	c, err := sqlite3.OpenFlags("file:"+path+"?immutable=1", sqlite3.OPEN_READONLY|sqlite3.OPEN_URI)
+	if err != nil {
+		return nil, err
+	}
+	var res string
+	err = Raw(c).Rows(context.Background(), `PRAGMA quick_check`, nil, func(cols []string) error {
+		if res == "" {
+			res = cols[0]
+		}
+		return nil
+	})
+	if err == nil && res != "ok" {
+		err = errors.New("quick_check: " + res)
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("not an intact SQLite database: %w", err)
+	}
+	return c, nil
+}
