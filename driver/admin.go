@@ -146,7 +146,7 @@ func RemoteStatus(ctx context.Context, dial func(context.Context, string) (net.C
 
 // RemoteAdmin changes the membership of the cluster that the nodes at
 // addrs (some or all of its members) belong to: it finds the leader and
-// asks it. op is "add" (a voter id at address), "remove" (id) or
+// asks it, waiting for an election under way until ctx is done. op is "add" (a voter id at address), "remove" (id) or
 // "transfer" (leadership to id; 0: any voter).
 func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string,
 	op string, id uint64, address string) error {
@@ -154,15 +154,26 @@ func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Co
 	if code == 0 {
 		return fmt.Errorf("dqlite: unknown operation %q (add, remove, transfer)", op)
 	}
-	leader, err := RemoteLeader(ctx, dial, addrs)
-	if err != nil {
-		return err
+	for {
+		leader, err := RemoteLeader(ctx, dial, addrs)
+		if err == nil {
+			var typ wire.Type
+			typ, _, err = adminCall(ctx, dial, leader, code, id, address)
+			if err == nil && typ != wire.Done {
+				err = fmt.Errorf("%w: answer of type %d to %s", wire.ErrMalformed, typ, op)
+			}
+		}
+		// Without a leader, or at one that just lost leadership, nothing
+		// was done: try again while an election runs.
+		if !errors.Is(err, errs.ErrNoLeader) && !errors.Is(err, errs.ErrNotLeader) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	typ, _, err := adminCall(ctx, dial, leader, code, id, address)
-	if err == nil && typ != wire.Done {
-		err = fmt.Errorf("%w: answer of type %d to %s", wire.ErrMalformed, typ, op)
-	}
-	return err
 }
 
 // RemoteLeader returns the address of the leader that the nodes at addrs

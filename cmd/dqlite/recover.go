@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/godqlite/dqlite"
+)
+
+// recoverCmd runs "dqlite recover": dqlite.Recover on a stopped node's
+// data directory.
+func recoverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dqlite recover", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "the stopped node's data directory")
+	members := fs.String("members", "", "the survivors, this node included: ID=ADDRESS,ID=ADDRESS,…")
+	id := fs.Uint64("id", 0, "the node's ID (default: the one its directory records)")
+	certFile := fs.String("cert", "", "the node's certificate (PEM), when the cluster uses TLS")
+	keyFile := fs.String("key", "", "the node's key (PEM)")
+	caFile := fs.String("ca", "", "the cluster's CA certificate (PEM)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `usage: dqlite recover -dir DIR -members ID=ADDRESS,… [-id ID]
+
+When a cluster lost a majority of its voters for good, makes the survivors
+a new cluster: run it, with the same -members, on every survivor while its
+node is stopped, then start the survivors, then add new nodes (.add). It
+refuses while the old cluster still works.
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *dir == "" || *members == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	var peers []dqlite.Peer
+	for _, m := range strings.Split(*members, ",") {
+		k, addr, ok := strings.Cut(strings.TrimSpace(m), "=")
+		v, err := strconv.ParseUint(k, 10, 64)
+		if !ok || err != nil || v == 0 || addr == "" {
+			fmt.Fprintf(stderr, "dqlite recover: -members: %q is not ID=ADDRESS\n", m)
+			return 2
+		}
+		peers = append(peers, dqlite.Peer{ID: dqlite.NodeID(v), Address: addr})
+	}
+	tlsCfg, err := loadTLS(*certFile, *keyFile, *caFile)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	cfg := dqlite.Config{ID: dqlite.NodeID(*id), Dir: *dir, TLS: tlsCfg}
+	if err := dqlite.Recover(ctx, cfg, peers); err != nil {
+		fmt.Fprintf(stderr, "dqlite recover: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "recovered %s: its node is a member of a new cluster of %d (%s).\n"+
+		"Run the same command on the other survivors, start them all, then add new nodes with .add.\n",
+		*dir, len(peers), *members)
+	return 0
+}
