@@ -315,10 +315,10 @@ func TestShell_Interactive(t *testing.T) {
 		"INSERT INTO t VALUES (41);\r",
 		"SELECT x + 1 AS answer\r",
 		"FROM t;\r",
-		"SELECTX\x7f 'edited' AS e;\r",            // backspace
-		"SELECT 'b' AS q;\x1b[D2\r", // cursor left, before the semicolon: q2
-		"\x1b[A\r", // up: the last line again
-		"\x04",     // Ctrl-D
+		"SELECTX\x7f 'edited' AS e;\r", // backspace
+		"SELECT 'b' AS q;\x1b[D2\r",    // cursor left, before the semicolon: q2
+		"\x1b[A\r",                     // up: the last line again
+		"\x04",                         // Ctrl-D
 	}, "")
 	var out bytes.Buffer
 	code := run(context.Background(), []string{nodes[0].Address(), "app.db"}, strings.NewReader(keys), &out, &out)
