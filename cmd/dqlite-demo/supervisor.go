@@ -193,6 +193,11 @@ func (s *supervisor) start() error {
 	}
 	pattern := filepath.Join(s.o.dir, "dqlite-demo-*")
 	fmt.Fprintf(s.out, "watch them with: watch ls -l %s/ %s/snapshots/\n", pattern, pattern)
+	var addrs []string
+	for _, l := range s.listeners {
+		addrs = append(addrs, l.Addr().String())
+	}
+	fmt.Fprintf(s.out, "open a shell on the cluster with: go run ./cmd/dqlite %s test.db\n", strings.Join(addrs, ","))
 	for i := range s.o.nodes {
 		if err := s.spawn(i, 0); err != nil {
 			return fmt.Errorf("cannot start node %d: %w", i+1, err)

@@ -2,10 +2,12 @@
 // on one of its databases, from any machine that reaches a member, and
 // the cluster's operations (members, leadership, dumps, backups,
 // restores). "dqlite recover" makes the survivors of a cluster that lost
-// its quorum for good a new cluster.
+// its quorum for good a new cluster; "dqlite certs" makes a CA and
+// certificates for mutual TLS (Config.TLS).
 //
 //	dqlite [flags] ADDRESS[,ADDRESS…] [DATABASE]
 //	dqlite recover -dir DIR -members ID=ADDRESS,… [-id ID]
+//	dqlite certs [-dir certs] [-hosts 127.0.0.1,localhost]
 //
 // With a terminal it is interactive (line editing, history in
 // ~/.dqlite_history); otherwise it runs what stdin holds, or -c's text.
@@ -45,6 +47,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) > 0 && args[0] == "recover" {
 		return recoverCmd(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "certs" {
+		return certsCmd(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("dqlite", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	command := fs.String("c", "", "run this SQL or dot command, then exit")
@@ -55,7 +60,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	level := fs.String("level", "", `read level of queries: "" (the leader's copy as it is) or "linearizable" (confirmed by a quorum first)`)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: dqlite [flags] ADDRESS[,ADDRESS…] [DATABASE]\n"+
-			"       dqlite recover -dir DIR -members ID=ADDRESS,… (dqlite recover -h)\n\nflags:\n")
+			"       dqlite recover -dir DIR -members ID=ADDRESS,… (dqlite recover -h)\n"+
+			"       dqlite certs -dir DIR -hosts HOST,… (dqlite certs -h)\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

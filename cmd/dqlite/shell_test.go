@@ -340,3 +340,43 @@ func TestShell_Interactive(t *testing.T) {
 		t.Errorf("history file: %q, %v", b, err)
 	}
 }
+
+// TestShell_TLS: "dqlite certs" makes certificates that a cluster with
+// Config.TLS and the shell's -cert, -key and -ca use; without them the
+// shell is refused.
+func TestShell_TLS(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	if code, out, errOut := shellRun(t, "", "certs", "-dir", dir); code != 0 {
+		t.Fatalf("certs: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := shellRun(t, "", "certs", "-dir", dir); code != 1 || !strings.Contains(errOut, "not overwriting") {
+		t.Errorf("certs again: %d %q", code, errOut)
+	}
+	nodeTLS, err := dqlite.LoadTLS(filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"), filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := dqlite.New(dqlite.Config{ID: 1, Address: l.Addr().String(), Listener: l, Dir: t.TempDir(), TLS: nodeTLS,
+		Cluster: []dqlite.Peer{{ID: 1, Address: l.Addr().String()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitLeader(t, []*dqlite.Node{n})
+	tlsArgs := []string{"-cert", filepath.Join(dir, "client.crt"), "-key", filepath.Join(dir, "client.key"), "-ca", filepath.Join(dir, "ca.crt")}
+	code, out, errOut := shellRun(t, "", append(tlsArgs, "-c", "CREATE TABLE t (x); INSERT INTO t VALUES (7); SELECT x FROM t;\n.cluster", n.Address(), "app.db")...)
+	if code != 0 || !strings.Contains(out, "x\n-\n7\n") || !strings.Contains(out, "leader") {
+		t.Errorf("shell over TLS: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, _, errOut = shellRun(t, "", "-timeout", "1s", "-c", "SELECT x FROM t", n.Address(), "app.db")
+	if code != 1 || !strings.Contains(errOut, "no leader") {
+		t.Errorf("shell without TLS: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, errOut := shellRun(t, "", "-cert", "x.crt", "-c", "SELECT 1", n.Address(), "app.db"); code != 2 || !strings.Contains(errOut, "needs -cert, -key and -ca") {
+		t.Errorf("shell with -cert only: exit %d, %q", code, errOut)
+	}
+}
