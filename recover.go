@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,8 +45,13 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	if _, err := os.Stat(cfg.Dir); err != nil {
 		return fmt.Errorf("dqlite: data directory: %w", err)
 	}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w (stop the node first)", ErrNotRecoverable, err)
+	}
+	defer lock.Close()
 	if cfg.ID == 0 {
-		id, err := readNodeID(cfg.Dir)
+		id, err := readNodeID(lock)
 		if err != nil {
 			return err
 		}
@@ -64,12 +70,7 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 		return fmt.Errorf("%w: %w", ErrNotRecoverable, err)
 	}
 	cfg = cfg.withDefaults()
-	lock, err := lockDir(cfg.Dir)
-	if err != nil {
-		return fmt.Errorf("%w: %w (stop the node first)", ErrNotRecoverable, err)
-	}
-	defer lock.Close()
-	if err := checkNodeID(cfg.Dir, cfg.ID); err != nil {
+	if err := checkNodeID(lock, cfg.ID); err != nil {
 		return err
 	}
 
@@ -265,40 +266,45 @@ func describe(c raft.Configuration) string {
 	return strings.Join(s, ",")
 }
 
-// The data directory records its node's ID in the file node-id, so that
-// a directory is never started as another node.
+// The data directory records its node's ID in its lock file, so that a
+// directory is never started as another node. The lock file is the
+// node's own name (no database can be called "lock"), and only the
+// holder of its lock reads or writes it.
 
-func readNodeID(dir string) (NodeID, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "node-id"))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
+// readNodeID returns the ID that the locked lock file records, or 0.
+func readNodeID(lock *os.File) (NodeID, error) {
+	b := make([]byte, 32)
+	n, err := lock.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return 0, fmt.Errorf("data dir: %w", err)
 	}
-	id, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	text := strings.TrimSpace(string(b[:n]))
+	if text == "" {
+		return 0, nil
+	}
+	id, err := strconv.ParseUint(text, 10, 64)
 	if err != nil || id == 0 {
-		return 0, fmt.Errorf("%w: %s/node-id does not hold a node ID (%q)", ErrNeedsRecovery, dir, b)
+		return 0, fmt.Errorf("%w: the lock file of %s does not hold a node ID (%q); "+
+			"if this is the directory of the node you are starting, empty the file", ErrNeedsRecovery, lock.Name(), b[:n])
 	}
 	return NodeID(id), nil
 }
 
-// checkNodeID fails when dir belongs to another node, and records id in
-// it when it records none.
-func checkNodeID(dir string, id NodeID) error {
-	have, err := readNodeID(dir)
+// checkNodeID fails when the directory of the locked lock file belongs to
+// another node, and records id when it records none.
+func checkNodeID(lock *os.File, id NodeID) error {
+	have, err := readNodeID(lock)
 	if err != nil {
 		return err
 	}
 	if have != 0 && have != id {
-		return fmt.Errorf("%w: data directory %s belongs to node %d, not %d", ErrIDClash, dir, have, id)
+		return fmt.Errorf("%w: data directory %s belongs to node %d, not %d", ErrIDClash, filepath.Dir(lock.Name()), have, id)
 	}
 	if have == 0 {
-		tmp := filepath.Join(dir, "node-id.tmp")
-		if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(id), 10)+"\n"), 0o644); err != nil {
+		if _, err := lock.WriteAt([]byte(strconv.FormatUint(uint64(id), 10)+"\n"), 0); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		if err := os.Rename(tmp, filepath.Join(dir, "node-id")); err != nil {
+		if err := lock.Sync(); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
 	}

@@ -127,3 +127,23 @@ func TestRecover_QuorumLoss(t *testing.T) {
 	}
 	c.check("r.db", `SELECT id FROM t`, o)
 }
+
+// TestNew_IDClash: a data directory records its node's ID; starting it as
+// another node fails with ErrIDClash and changes nothing.
+func TestNew_IDClash(t *testing.T) {
+	c := newCluster(t, 1)
+	cfg := c.cfgs[0]
+	c.stop(0)
+	other := cfg
+	other.ID, other.Cluster = 2, nil
+	if n, err := New(other); !errors.Is(err, ErrIDClash) {
+		if n != nil {
+			n.Close()
+		}
+		t.Fatalf("New as node 2 on node 1's directory: %v, want ErrIDClash", err)
+	} else {
+		t.Logf("%v", err)
+	}
+	c.restart(0) // still node 1's
+	c.waitLeader()
+}
