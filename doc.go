@@ -52,7 +52,17 @@
 // the Raft log and stable store (raft-wal/, or raft.db with Config.LogStore
 // "bolt"), the snapshot store (snapshots/: a copy of each database as of
 // the latest snapshot) and a lock file that keeps a second node off the
-// directory. On start, a node opens its databases at the Raft index their
+// directory and records the node's ID (ErrIDClash for another). On start, a node opens its databases at the Raft index their
 // files hold and applies only the later entries; files it cannot trust
 // (after a machine crash, say) are rebuilt from the snapshot and the log.
+//
+// # Operating
+//
+// Node.Backup writes a database as a plain SQLite file, on any node while
+// writes go on; Node.Dump writes SQL text; Node.Restore replaces a
+// database's content with a SQLite file's in one replicated transaction.
+// Recover makes the survivors of a cluster that lost its quorum for good
+// a new cluster. Config.TLS turns on mutual TLS for every connection
+// (LoadTLS reads PEM files). The dqlite command (cmd/dqlite) is the shell
+// over all of these.
 package dqlite
