@@ -52,7 +52,7 @@ func (n *Node) Backup(ctx context.Context, name string, w io.Writer) (index uint
 	defer tx.Rollback()
 	err = conn.Raw(func(dc any) error {
 		raw := dc.(interface{ Raw() *sqlite3.Conn }).Raw()
-		b, err := raw.BackupInit("main", "file:"+path)
+		b, err := raw.BackupInit("main", sqldump.FileURI(path))
 		if err != nil {
 			return err
 		}
@@ -77,7 +77,7 @@ func (n *Node) Backup(ctx context.Context, name string, w io.Writer) (index uint
 	tx.Rollback()
 	// The pages came from a WAL database: say it is a rollback journal
 	// one, so that opening the copy creates no -wal file.
-	c, err := sqlite3.Open("file:" + path)
+	c, err := sqlite3.Open(sqldump.FileURI(path))
 	if err == nil {
 		err = c.Exec(`PRAGMA journal_mode=DELETE`)
 		c.Close()

@@ -622,7 +622,7 @@ func (sh *shell) backup(path string) {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	os.Remove(tmp)
 	defer os.Remove(tmp)
-	c, err := sqlite3.Open("file:" + tmp)
+	c, err := sqlite3.Open(dump.FileURI(tmp))
 	if err != nil {
 		sh.fail(err)
 		return

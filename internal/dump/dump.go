@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/ncruces/go-sqlite3"
@@ -207,21 +208,15 @@ func Statements(ctx context.Context, src Source, emit func(stmt string) error) e
 	return nil
 }
 
-// rows emits an INSERT for each row of table, with its rowid when the
-// table has one that no column stands for.
+// rows emits an INSERT for each row of table, with its rowid when it has
+// one that no column's name hides (with an INTEGER PRIMARY KEY both are
+// the same value).
 func rows(ctx context.Context, src Source, table string, rowid bool, emit func(string) error) error {
 	var cols []string
-	ipk := 0
 	names := map[string]bool{}
-	err := src.Rows(ctx, `SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)`, []any{table}, func(c []string) error {
+	err := src.Rows(ctx, `SELECT name, hidden FROM pragma_table_xinfo(?)`, []any{table}, func(c []string) error {
 		names[strings.ToLower(c[0])] = true
-		if c[2] != "0" {
-			ipk++
-			if !strings.EqualFold(c[1], "INTEGER") || c[2] != "1" {
-				ipk += 100 // not a rowid alias
-			}
-		}
-		if c[3] == "0" { // not generated, not a virtual table's hidden column
+		if c[1] == "0" { // not generated, not a virtual table's hidden column
 			cols = append(cols, c[0])
 		}
 		return nil
@@ -232,9 +227,7 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 	if len(cols) == 0 {
 		return nil
 	}
-	// An INTEGER PRIMARY KEY is the rowid; a column named like the rowid
-	// hides it.
-	rowid = rowid && ipk != 1 && !names["rowid"] && !names["_rowid_"] && !names["oid"]
+	rowid = rowid && !names["rowid"] && !names["_rowid_"] && !names["oid"]
 	var sel, ins strings.Builder
 	sel.WriteString("SELECT ")
 	ins.WriteString("INSERT INTO " + Ident(table) + "(")
@@ -247,7 +240,7 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 			sel.WriteString(", ")
 			ins.WriteString(", ")
 		}
-		sel.WriteString("quote(" + Ident(c) + ")")
+		sel.WriteString(literal(Ident(c)))
 		ins.WriteString(Ident(c))
 	}
 	sel.WriteString(" FROM " + Ident(table))
@@ -269,6 +262,14 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 		b.WriteByte(')')
 		return emit(b.String())
 	})
+}
+
+// literal is the SQL that turns column expression x into an SQL literal
+// of its value: quote(), except for text holding a NUL, which quote()
+// would cut there.
+func literal(x string) string {
+	return "CASE WHEN typeof(" + x + ") = 'text' AND instr(" + x + ", char(0)) > 0 " +
+		"THEN 'CAST(X''' || hex(" + x + ") || ''' AS TEXT)' ELSE quote(" + x + ") END"
 }
 
 // Write writes the database src reads as SQL text that sqlite3 loads into
@@ -363,25 +364,35 @@ func Replace(ctx context.Context, src Source, dst Source, exec Execer) error {
 	return Statements(ctx, src, run)
 }
 
-// OpenFile opens a plain SQLite file read-only, after checking that
-// it is one and is intact.
+// FileURI is path as an SQLite file: URI.
+func FileURI(path string) string {
+	return "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(path))
+}
+
+// OpenFile opens a plain SQLite file read-only (with what a -wal beside
+// it holds), in a read transaction, so that what is read from it is one
+// snapshot even if a program writes it meanwhile, after checking that it
+// is an intact SQLite database. Closing it ends the transaction.
 func OpenFile(path string) (*sqlite3.Conn, error) {
 	if st, err := os.Stat(path); err != nil {
 		return nil, err
 	} else if st.Size() == 0 {
 		return nil, errors.New("empty, not a SQLite database")
 	}
-	c, err := sqlite3.OpenFlags("file:"+path+"?immutable=1", sqlite3.OPEN_READONLY|sqlite3.OPEN_URI)
+	c, err := sqlite3.OpenFlags(FileURI(path)+"?mode=ro", sqlite3.OPEN_READONLY|sqlite3.OPEN_URI)
 	if err != nil {
 		return nil, err
 	}
 	var res string
-	err = Raw(c).Rows(context.Background(), `PRAGMA quick_check`, nil, func(cols []string) error {
-		if res == "" {
-			res = cols[0]
-		}
-		return nil
-	})
+	err = c.Exec(`BEGIN`)
+	if err == nil {
+		err = Raw(c).Rows(context.Background(), `PRAGMA quick_check`, nil, func(cols []string) error {
+			if res == "" {
+				res = cols[0]
+			}
+			return nil
+		})
+	}
 	if err == nil && res != "ok" {
 		err = errors.New("quick_check: " + res)
 	}
