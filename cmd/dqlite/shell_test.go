@@ -175,7 +175,7 @@ SELECT id, name FROM t ORDER BY id;
 		t.Errorf("backup twice: exit %d, stdout %q, stderr %q (want the second refused)", code, out, errOut)
 	}
 	text, err := os.ReadFile(dumpFile)
-	if err != nil || !strings.Contains(string(text), `INSERT INTO "t"("id", "name") VALUES(2,'two; with a semicolon')`) ||
+	if err != nil || !strings.Contains(string(text), `INSERT INTO "t"(rowid, "id", "name") VALUES(2,2,'two; with a semicolon')`) ||
 		!strings.Contains(string(text), "CREATE TRIGGER t_log") {
 		t.Errorf("dump: %v\n%s", err, text)
 	}
