@@ -4,7 +4,9 @@ import "strings"
 
 // splitter cuts input into whole SQL statements: a statement ends at a
 // semicolon outside quotes, identifiers and comments, except inside the
-// BEGIN … END body of CREATE TRIGGER, which ends at "END;".
+// BEGIN … END body of CREATE TRIGGER, which ends at an END that follows a
+// semicolon ("…; END;": an END of CASE … END does not end it), as
+// sqlite3_complete has it.
 type splitter struct {
 	buf strings.Builder
 }
@@ -42,8 +44,9 @@ func (s *splitter) reset() { s.buf.Reset() }
 // statementEnd returns the length of the first complete statement of
 // text, its semicolon included, or -1.
 func statementEnd(text string) int {
-	var words []string // the statement's first words, and its last
-	last := ""
+	var words []string // the statement's first words
+	prev, last := "", "" // its last two tokens
+	token := func(t string) { prev, last = last, t }
 	for i := 0; i < len(text); i++ {
 		c := text[i]
 		switch {
@@ -57,7 +60,7 @@ func statementEnd(text string) int {
 				return -1
 			}
 			i += j + 1
-			last = "'"
+			token("'")
 		case c == '-' && i+1 < len(text) && text[i+1] == '-':
 			j := strings.IndexByte(text[i:], '\n')
 			if j < 0 {
@@ -71,8 +74,8 @@ func statementEnd(text string) int {
 			}
 			i += j + 3
 		case c == ';':
-			if isTrigger(words) && last != "END" {
-				last = ";"
+			if isTrigger(words) && !(last == "END" && prev == ";") {
+				token(";")
 				continue
 			}
 			return i + 1
@@ -85,11 +88,11 @@ func statementEnd(text string) int {
 			if len(words) < 4 {
 				words = append(words, w)
 			}
-			last = w
+			token(w)
 			i = j - 1
 		default:
 			if c > ' ' {
-				last = string(c)
+				token(string(c))
 			}
 		}
 	}
