@@ -44,7 +44,7 @@ func (s *splitter) reset() { s.buf.Reset() }
 // statementEnd returns the length of the first complete statement of
 // text, its semicolon included, or -1.
 func statementEnd(text string) int {
-	var words []string // the statement's first words
+	var words []string   // the statement's first words
 	prev, last := "", "" // its last two tokens
 	token := func(t string) { prev, last = last, t }
 	for i := 0; i < len(text); i++ {
