@@ -139,7 +139,11 @@ type Config struct {
 	// those it accepts). A peer or client without a certificate those CAs
 	// signed, or in plaintext, is refused, and the node logs a warning.
 	// A node verifies the certificate of a node it dials against the host
-	// of the address it dialed (set ServerName to use another name).
+	// of the address it dialed (set ServerName to use another name). A
+	// node's certificate must allow server authentication (or name no
+	// usage): Raft connections are refused from a certificate that allows
+	// client authentication only, which may use the client protocol
+	// (statements, and the shell's operations) and nothing else.
 	// LoadTLS builds one from PEM files. TLS applies on top of Listener
 	// and Dial when those are set too.
 	TLS *tls.Config
@@ -251,8 +255,8 @@ func (c Config) Validate() error {
 	if c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil {
 		add("TLS has no certificate: a node needs one to accept and to dial")
 	}
-	if c.TLS != nil && c.TLS.RootCAs == nil && c.TLS.ClientCAs == nil {
-		add("TLS has no CA (RootCAs): peers' certificates could not be verified")
+	if c.TLS != nil && c.TLS.RootCAs == nil {
+		add("TLS has no CA (RootCAs): the certificates of the nodes it dials could not be verified")
 	}
 	if c.LogStore != "" && c.LogStore != "bolt" && c.LogStore != "wal" {
 		add("LogStore %q is neither \"bolt\" nor \"wal\"", c.LogStore)

@@ -18,12 +18,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/raft"
+
 	"github.com/godqlite/dqlite/driver"
 )
 
 // testTLS returns a server and a client configuration sharing a CA made
-// for this test, for 127.0.0.1, with client certificates required.
+// for this test, for 127.0.0.1, with client certificates required; the
+// certificate allows both uses, as a node's does. clientOnly is a client
+// configuration whose certificate allows client authentication only.
 func testTLS(t *testing.T) (server, client *tls.Config) {
+	server, client, _ = testTLSWithClient(t)
+	return server, client
+}
+
+func testTLSWithClient(t *testing.T) (server, client, clientOnly *tls.Config) {
 	t.Helper()
 	key := func() *ecdsa.PrivateKey {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -43,19 +53,22 @@ func testTLS(t *testing.T) (server, client *tls.Config) {
 	ca, _ := x509.ParseCertificate(caDER)
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	nodeKey := key()
-	nodeTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "node"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	nodeDER, err := x509.CreateCertificate(rand.Reader, nodeTmpl, ca, &nodeKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
+	cert := func(serial int64, uses ...x509.ExtKeyUsage) tls.Certificate {
+		k := key()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "node"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: uses}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
 	}
-	cert := tls.Certificate{Certificate: [][]byte{nodeDER}, PrivateKey: nodeKey}
-	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool}
-	return server, client
+	node := cert(2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	server = &tls.Config{Certificates: []tls.Certificate{node}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	client = &tls.Config{Certificates: []tls.Certificate{node}, RootCAs: pool}
+	clientOnly = &tls.Config{Certificates: []tls.Certificate{cert(3, x509.ExtKeyUsageClientAuth)}, RootCAs: pool}
+	return server, client, clientOnly
 }
 
 // TestForward_OverTLS: with the Raft listener and dialer wrapped in TLS,
@@ -161,7 +174,7 @@ func (h recordLog) count(substr string) int {
 // without a certificate and one whose certificate another CA signed are
 // refused, and each refusal is logged.
 func TestConfigTLS(t *testing.T) {
-	serverTLS, clientTLS := testTLS(t)
+	serverTLS, clientTLS, clientOnly := testTLSWithClient(t)
 	nodeTLS := &tls.Config{Certificates: serverTLS.Certificates, RootCAs: clientTLS.RootCAs}
 	logs := newRecordLog()
 	c := newCluster(t, 3, func(cfg *Config) {
@@ -176,7 +189,7 @@ func TestConfigTLS(t *testing.T) {
 	o := newOutcome()
 	o.record(1, nil)
 
-	remote := sql.OpenDB(driver.NewRemoteConnector([]string{c.nodes[f].Address()}, "tls.db", driver.RemoteOptions{TLS: clientTLS}))
+	remote := sql.OpenDB(driver.NewRemoteConnector([]string{c.nodes[f].Address()}, "tls.db", driver.RemoteOptions{TLS: clientOnly}))
 	defer remote.Close()
 	if _, err := remote.Exec(`INSERT INTO t VALUES (2)`); err != nil {
 		t.Fatalf("remote client over TLS: %v", err)
@@ -218,8 +231,34 @@ func TestConfigTLS(t *testing.T) {
 	nc.Close()
 	waitFor(t, 5*time.Second, "the plaintext peer's refusal to be logged", func() bool { return logs.count("refused a connection") > before })
 
+	// A client's certificate (client authentication only) speaking Raft:
+	// a RequestVote of a much higher term would depose the leader.
+	before = logs.count("refused a connection")
+	term := c.nodes[0].raft.CurrentTerm()
+	tc, err := driver.DialTLS(nil, clientOnly)(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := codec.NewEncoder(tc, &codec.MsgpackHandle{})
+	tc.Write([]byte{1}) // rpcRequestVote
+	enc.Encode(&raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("999"), Addr: []byte("127.0.0.1:1")},
+		Term: term + 1000, LastLogIndex: 1 << 40, LastLogTerm: term + 999})
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := tc.Read(make([]byte, 64)); err == nil {
+		t.Errorf("a client certificate's Raft request got %d bytes back", n)
+	}
+	tc.Close()
+	waitFor(t, 5*time.Second, "the client certificate's Raft connection to be refused and logged", func() bool {
+		return logs.count("a Raft connection with a client's certificate") > 0 && logs.count("refused a connection") > before
+	})
+	for _, n := range c.nodes {
+		if got := n.raft.CurrentTerm(); got > term+500 {
+			t.Errorf("node %d's term went from %d to %d", n.ID(), term, got)
+		}
+	}
+
 	// The status and membership operations go over TLS too.
-	st, err := driver.RemoteStatus(context.Background(), driver.DialTLS(nil, clientTLS), addr)
+	st, err := driver.RemoteStatus(context.Background(), driver.DialTLS(nil, clientOnly), addr)
 	if err != nil || len(st.Members) != 3 || st.LeaderID == 0 {
 		t.Errorf("status over TLS: %+v, %v", st, err)
 	}

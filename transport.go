@@ -3,10 +3,12 @@ package dqlite
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,6 +34,11 @@ type streamLayer struct {
 	serve func(net.Conn) // takes a client protocol connection; set before Start
 	tls   *tls.Config    // Config.TLS made a server's configuration; nil: plaintext
 	log   *slog.Logger
+
+	refusalMu       sync.Mutex
+	refusalWindow   time.Time // start of the second whose refusals are counted
+	refusalsLogged  int       // in that second
+	refusalsSkipped int       // refused but not logged, since the last line logged
 
 	raftConns chan net.Conn // routed to Raft, for Accept
 	done      chan struct{} // closed by Close
@@ -117,8 +124,8 @@ func (s *streamLayer) route(tc *trackedConn) {
 		t := tls.Server(tc, s.tls)
 		if err := t.Handshake(); err != nil {
 			// A plaintext peer, an unknown certificate, no certificate.
-			s.log.Warn("refused a connection: TLS handshake failed", "from", tc.RemoteAddr().String(), "err", err)
-			t.Close()
+			s.refused(tc, "TLS handshake failed", err)
+			tc.Close()
 			return
 		}
 		c = t
@@ -133,11 +140,62 @@ func (s *streamLayer) route(tc *trackedConn) {
 		s.serve(c)
 		return
 	}
+	if t, ok := c.(*tls.Conn); ok && !nodeCertificate(t.ConnectionState()) {
+		// A client's certificate speaks the client protocol only: as a
+		// Raft peer it could depose the leader or write pages.
+		s.refused(tc, "a Raft connection with a client's certificate (it does not allow server authentication)", nil)
+		tc.Close()
+		return
+	}
 	select {
 	case s.raftConns <- &peekedConn{Conn: c, first: first[:]}:
 	case <-s.done:
 		c.Close()
 	}
+}
+
+// nodeCertificate reports whether the peer's certificate is a node's: one
+// that allows server authentication too (or any use), as every node's
+// must, since it accepts connections with it.
+func nodeCertificate(st tls.ConnectionState) bool {
+	if len(st.PeerCertificates) == 0 {
+		return false
+	}
+	uses := st.PeerCertificates[0].ExtKeyUsage
+	return len(uses) == 0 || slices.Contains(uses, x509.ExtKeyUsageServerAuth) || slices.Contains(uses, x509.ExtKeyUsageAny)
+}
+
+// refused logs a refused connection: at most 10 a second (a port scan
+// would flood the log; the next line logged counts those left out), and
+// none once the node is closing.
+func (s *streamLayer) refused(c net.Conn, why string, err error) {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	s.refusalMu.Lock()
+	now := time.Now()
+	if now.Sub(s.refusalWindow) >= time.Second {
+		s.refusalWindow, s.refusalsLogged = now, 0
+	}
+	if s.refusalsLogged >= 10 {
+		s.refusalsSkipped++
+		s.refusalMu.Unlock()
+		return
+	}
+	s.refusalsLogged++
+	skipped := s.refusalsSkipped
+	s.refusalsSkipped = 0
+	s.refusalMu.Unlock()
+	args := []any{"from", c.RemoteAddr().String()}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	if skipped > 0 {
+		args = append(args, "not_logged_before", skipped)
+	}
+	s.log.Warn("refused a connection: "+why, args...)
 }
 
 // Accept gives Raft its connections.
@@ -162,7 +220,7 @@ func (s *streamLayer) Close() error {
 	close(s.done)
 	for c := range s.conns {
 		if !c.dialed {
-			c.Conn.Close()
+			closeNow(c.Conn)
 			delete(s.conns, c)
 		}
 	}
@@ -193,10 +251,20 @@ func (s *streamLayer) closeConns() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		c.Conn.Close()
+		closeNow(c.Conn)
 	}
 	clear(s.conns)
 	s.cut = true
+}
+
+// closeNow closes c without a TLS close_notify, which could wait seconds
+// on a peer that reads nothing.
+func closeNow(c net.Conn) {
+	if t, ok := c.(*tls.Conn); ok {
+		t.NetConn().Close()
+		return
+	}
+	c.Close()
 }
 
 type trackedConn struct {
