@@ -88,7 +88,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	cleanup = append(cleanup, func() { lock.Close() })
 	n.lock = lock
-	if err := checkNodeID(lock, cfg.ID); err != nil {
+	if err := checkNodeID(lock, cfg.ID, false); err != nil {
 		return fail(err)
 	}
 	hlog := newHclog(cfg.Logger)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,9 +32,18 @@ import (
 // the old cluster that any survivor holds; the others take its state.
 //
 // members must include this node, and every member must be a voter of the
-// old configuration: a new node joins afterwards, with AddVoter. cfg needs
-// Dir; ID, when zero, is the one the directory records; TLS and Dial, when
-// set, are used to reach the old members.
+// old configuration: a new node joins afterwards, with AddVoter. At most two
+// members: with three or more, any two could elect one of themselves
+// without the survivor that holds the latest writes. With more survivors,
+// recover the one whose log is the most recent (the highest last term,
+// then index: Inspect says) and one other, then add the rest as new nodes
+// with empty directories. cfg needs Dir; ID, when zero, is the one the
+// directory records; TLS and Dial, when set, are used to reach the old
+// members.
+//
+// Recover marks the directory while it works: a node does not start from
+// a directory whose recovery was interrupted (ErrNeedsRecovery); run
+// Recover again, with the same members.
 //
 // Recover refuses, with ErrNotRecoverable, when the directory's node is
 // still part of a cluster that works: a member of the old configuration
@@ -51,7 +61,7 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	}
 	defer lock.Close()
 	if cfg.ID == 0 {
-		id, err := readNodeID(lock)
+		id, _, err := readLock(lock)
 		if err != nil {
 			return err
 		}
@@ -65,12 +75,18 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 			cfg.Address = p.Address
 		}
 	}
+	if len(members) > 2 {
+		return fmt.Errorf("%w: %d members: recover at most two survivors (with three or more, two of them could elect "+
+			"a leader without the one holding the latest writes); recover the survivor whose log is the most recent "+
+			"(the highest last term, then index: dqlite recover -show) and one other, then add the others as new nodes "+
+			"with empty directories", ErrNotRecoverable, len(members))
+	}
 	cfg.Cluster = members
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrNotRecoverable, err)
 	}
 	cfg = cfg.withDefaults()
-	if err := checkNodeID(lock, cfg.ID); err != nil {
+	if err := checkNodeID(lock, cfg.ID, true); err != nil {
 		return err
 	}
 
@@ -110,6 +126,12 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 		return err
 	}
 
+	// From here on the files may hold entries the cluster never
+	// committed: a node must not start from them until the snapshot holds
+	// them and the log is gone.
+	if err := writeLock(lock, cfg.ID, true); err != nil {
+		return err
+	}
 	f, err := fsm.New(cfg.Dir, fsm.Options{
 		NodeID: uint64(cfg.ID), MaxTxSize: cfg.MaxTxSize, CheckpointFrames: uint32(cfg.CheckpointFrames),
 		Logger: cfg.Logger, SnapshotIndex: snaps.LatestIndex,
@@ -157,12 +179,15 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 		if err := store.GetLog(i, &l); err != nil {
 			return fmt.Errorf("read log entry %d: %w", i, err)
 		}
-		if resp := f.Apply(&l); resp != nil {
-			if err, ok := resp.(error); ok {
-				return fmt.Errorf("apply log entry %d: %w", i, err)
-			}
-		}
+		// As on every node, an entry the FSM refuses (one built in another
+		// term, say) is skipped: Raft ignores Apply's answer.
+		f.Apply(&l)
 		lastIndex, lastTerm = l.Index, l.Term
+	}
+	for _, d := range f.Databases() {
+		if err := d.Failed(); err != nil {
+			return fmt.Errorf("database %s: %w: it cannot take the log's entries; nothing was recovered", d.Name, err)
+		}
 	}
 
 	conf := configuration(members)
@@ -190,9 +215,73 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 			return fmt.Errorf("empty the Raft log: %w", err)
 		}
 	}
+	if err := writeLock(lock, cfg.ID, false); err != nil {
+		return err
+	}
 	cfg.Logger.Warn("recovered: the node is a member of a new cluster", "members", describe(conf),
 		"index", lastIndex, "term", lastTerm)
 	return nil
+}
+
+// DirState is what a stopped node's data directory holds: its node's ID,
+// the index and term of the last entry of its Raft log (or of its
+// snapshot), and the membership it last knew.
+type DirState struct {
+	ID                  NodeID
+	LastIndex, LastTerm uint64
+	Members             []Peer
+}
+
+// Inspect reads a stopped node's data directory. Of survivors to recover,
+// the one with the highest LastTerm, then LastIndex, holds every
+// transaction the old cluster committed that any of them holds.
+func Inspect(dir string) (DirState, error) {
+	var st DirState
+	if _, err := os.Stat(dir); err != nil {
+		return st, fmt.Errorf("dqlite: data directory: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return st, fmt.Errorf("%w (stop the node first)", err)
+	}
+	defer lock.Close()
+	if st.ID, _, err = readLock(lock); err != nil {
+		return st, err
+	}
+	cfg := DefaultConfig()
+	cfg.Dir = dir
+	store, err := openLogStore(cfg, newHclog(cfg.Logger))
+	if err != nil {
+		return st, err
+	}
+	defer store.Close()
+	snaps, err := fsm.OpenStore(filepath.Join(dir, "snapshots"), cfg.Logger, cfg.SnapshotRate)
+	if err != nil {
+		return st, fmt.Errorf("snapshot store: %w", err)
+	}
+	if latest, ok := snaps.Latest(); ok {
+		st.LastIndex, st.LastTerm = latest.Raft.Index, latest.Raft.Term
+	}
+	last, err := store.LastIndex()
+	if err != nil {
+		return st, err
+	}
+	if last > st.LastIndex {
+		var l raft.Log
+		if err := store.GetLog(last, &l); err != nil {
+			return st, fmt.Errorf("read log entry %d: %w", last, err)
+		}
+		st.LastIndex, st.LastTerm = l.Index, l.Term
+	}
+	conf, err := latestConfiguration(store, snaps)
+	if err != nil {
+		return st, err
+	}
+	for _, s := range conf.Servers {
+		id, _ := strconv.ParseUint(string(s.ID), 10, 64)
+		st.Members = append(st.Members, Peer{ID: NodeID(id), Address: string(s.Address)})
+	}
+	return st, nil
 }
 
 // latestConfiguration returns the cluster's last configuration that the
@@ -224,12 +313,19 @@ func latestConfiguration(store logStore, snaps *fsm.Store) (raft.Configuration, 
 }
 
 // checkLost refuses to recover while the old cluster works: a member
-// answers and knows a leader, or a quorum of voters (this one counted)
-// answers.
+// answers and knows a leader, or a quorum of voters (this one counted) is
+// up. A member counts as gone only when nothing accepts a connection at its
+// address: one that accepts but does not answer the status request (a TLS
+// handshake refused, another version) is up, and may be deciding.
 func checkLost(ctx context.Context, cfg Config, voters map[NodeID]string) error {
 	dial := cfg.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
+	}
+	statusDial := dial
 	if cfg.TLS != nil {
-		dial = driver.DialTLS(dial, cfg.TLS)
+		statusDial = driver.DialTLS(dial, cfg.TLS)
 	}
 	up := 1
 	var seen []string
@@ -238,13 +334,20 @@ func checkLost(ctx context.Context, cfg Config, voters map[NodeID]string) error 
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := driver.RemoteStatus(pctx, dial, addr)
-		cancel()
+		nc, err := dial(pctx, addr)
 		if err != nil {
-			seen = append(seen, fmt.Sprintf("node %d (%s): unreachable", id, addr))
+			cancel()
+			seen = append(seen, fmt.Sprintf("node %d (%s): unreachable (%v)", id, addr, err))
 			continue
 		}
+		nc.Close()
 		up++
+		st, err := driver.RemoteStatus(pctx, statusDial, addr)
+		cancel()
+		if err != nil {
+			seen = append(seen, fmt.Sprintf("node %d (%s): accepts connections but did not answer (%v; if the cluster uses TLS, give its settings)", id, addr, err))
+			continue
+		}
 		if st.LeaderAddress != "" {
 			return fmt.Errorf("%w: node %d (%s) is running and follows leader %d (%s): the cluster works; "+
 				"change its members with the shell (.remove, .add) instead", ErrNotRecoverable, id, addr, st.LeaderID, st.LeaderAddress)
@@ -252,9 +355,10 @@ func checkLost(ctx context.Context, cfg Config, voters map[NodeID]string) error 
 		seen = append(seen, fmt.Sprintf("node %d (%s): running, no leader", id, addr))
 	}
 	if up > len(voters)/2 {
-		return fmt.Errorf("%w: %d of the %d voters are up (%s), a quorum: they can elect a leader; wait for it",
-			ErrNotRecoverable, up, len(voters), strings.Join(seen, "; "))
+		return fmt.Errorf("%w: %d of the %d voters are up (this one and %s), a quorum: they can elect a leader; "+
+			"wait for it, or stop them for good first", ErrNotRecoverable, up, len(voters), strings.Join(seen, "; "))
 	}
+	cfg.Logger.Info("recovering: the old cluster has no quorum", "voters", len(voters), "seen", strings.Join(seen, "; "))
 	return nil
 }
 
@@ -267,46 +371,68 @@ func describe(c raft.Configuration) string {
 }
 
 // The data directory records its node's ID in its lock file, so that a
-// directory is never started as another node. The lock file is the
-// node's own name (no database can be called "lock"), and only the
-// holder of its lock reads or writes it.
+// directory is never started as another node, and whether a recovery of it
+// is under way. The lock file is the node's own name (no database can be
+// called "lock"), and only the holder of its lock reads or writes it: its
+// text is the ID on a line, then "recovering" on another while Recover
+// works.
 
-// readNodeID returns the ID that the locked lock file records, or 0.
-func readNodeID(lock *os.File) (NodeID, error) {
-	b := make([]byte, 32)
+// readLock returns what the locked lock file records: an ID (0 if none),
+// and whether a recovery was interrupted.
+func readLock(lock *os.File) (NodeID, bool, error) {
+	b := make([]byte, 64)
 	n, err := lock.ReadAt(b, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return 0, fmt.Errorf("data dir: %w", err)
+		return 0, false, fmt.Errorf("data dir: %w", err)
 	}
-	text := strings.TrimSpace(string(b[:n]))
-	if text == "" {
-		return 0, nil
+	lines := strings.Fields(string(b[:n]))
+	if len(lines) == 0 {
+		return 0, false, nil
 	}
-	id, err := strconv.ParseUint(text, 10, 64)
-	if err != nil || id == 0 {
-		return 0, fmt.Errorf("%w: the lock file of %s does not hold a node ID (%q); "+
-			"if this is the directory of the node you are starting, empty the file", ErrNeedsRecovery, lock.Name(), b[:n])
+	id, err := strconv.ParseUint(lines[0], 10, 64)
+	if err != nil || id == 0 || len(lines) > 2 || len(lines) == 2 && lines[1] != "recovering" {
+		return 0, false, fmt.Errorf("%w: the lock file of %s does not hold a node ID (%q); "+
+			"if this is the directory of the node you are starting, empty the file", ErrNeedsRecovery, filepath.Dir(lock.Name()), b[:n])
 	}
-	return NodeID(id), nil
+	return NodeID(id), len(lines) == 2, nil
+}
+
+// writeLock records id, and whether a recovery is under way.
+func writeLock(lock *os.File, id NodeID, recovering bool) error {
+	text := strconv.FormatUint(uint64(id), 10) + "\n"
+	if recovering {
+		text += "recovering\n"
+	}
+	if _, err := lock.WriteAt([]byte(text), 0); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if err := lock.Truncate(int64(len(text))); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if err := lock.Sync(); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	return nil
 }
 
 // checkNodeID fails when the directory of the locked lock file belongs to
-// another node, and records id when it records none.
-func checkNodeID(lock *os.File, id NodeID) error {
-	have, err := readNodeID(lock)
+// another node, or (unless recovering) when a recovery of it was
+// interrupted; it records id when the file records none.
+func checkNodeID(lock *os.File, id NodeID, recovering bool) error {
+	have, interrupted, err := readLock(lock)
 	if err != nil {
 		return err
 	}
 	if have != 0 && have != id {
 		return fmt.Errorf("%w: data directory %s belongs to node %d, not %d", ErrIDClash, filepath.Dir(lock.Name()), have, id)
 	}
+	if interrupted && !recovering {
+		return fmt.Errorf("%w: the recovery of %s (dqlite recover, Recover) was interrupted, and its databases may hold "+
+			"transactions the cluster never committed: run it again, with the same members, then start the node",
+			ErrNeedsRecovery, filepath.Dir(lock.Name()))
+	}
 	if have == 0 {
-		if _, err := lock.WriteAt([]byte(strconv.FormatUint(uint64(id), 10)+"\n"), 0); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
-		if err := lock.Sync(); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
+		return writeLock(lock, id, false)
 	}
 	return nil
 }

@@ -2,12 +2,17 @@ package dqlite
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/godqlite/dqlite/internal/command"
 )
 
 // TestRecover_QuorumLoss: a 5-node cluster under load loses 3 nodes for
@@ -91,6 +96,20 @@ func TestRecover_QuorumLoss(t *testing.T) {
 	for _, i := range survivors {
 		c.stop(i)
 	}
+	// The leader's log is the most recent of the two (Inspect says how an
+	// operator tells).
+	sl, err := Inspect(c.cfgs[l].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	so, err := Inspect(c.cfgs[s2].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("survivors: %+v and %+v", sl, so)
+	if sl.LastTerm < so.LastTerm || sl.LastTerm == so.LastTerm && sl.LastIndex < so.LastIndex {
+		t.Errorf("the old leader's log (%d, %d) is behind the other survivor's (%d, %d)", sl.LastTerm, sl.LastIndex, so.LastTerm, so.LastIndex)
+	}
 	for _, i := range survivors {
 		if err := Recover(context.Background(), Config{Dir: c.cfgs[i].Dir, Dial: c.cfgs[i].Dial, Logger: testLogger(t)}, members); err != nil {
 			t.Fatalf("recover node %d: %v", i+1, err)
@@ -146,4 +165,110 @@ func TestNew_IDClash(t *testing.T) {
 	}
 	c.restart(0) // still node 1's
 	c.waitLeader()
+}
+
+// TestRecover_Refusals: Recover refuses more than two members, a member
+// that was no voter, and, on a working TLS cluster, a call made without
+// the cluster's TLS settings (whose status requests the nodes refuse: they
+// accept connections, so they are up, and they are a quorum).
+func TestRecover_Refusals(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	nodeTLS := &tls.Config{Certificates: serverTLS.Certificates, RootCAs: clientTLS.RootCAs}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.TLS = nodeTLS })
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x)`)
+	f := c.follower(l)
+	c.stop(f)
+	ctx := context.Background()
+	self := Peer{ID: NodeID(f + 1), Address: c.cfgs[f].Address}
+	for name, tc := range map[string]struct {
+		cfg     Config
+		members []Peer
+		want    string
+	}{
+		"without TLS":   {Config{Dir: c.cfgs[f].Dir, Dial: c.cfgs[f].Dial}, []Peer{self}, "accepts connections but did not answer"},
+		"with TLS":      {Config{Dir: c.cfgs[f].Dir, Dial: c.cfgs[f].Dial, TLS: nodeTLS}, []Peer{self}, "follows leader"},
+		"three members": {Config{Dir: c.cfgs[f].Dir}, []Peer{self, {ID: 8, Address: "127.0.0.1:1"}, {ID: 9, Address: "127.0.0.1:2"}}, "at most two"},
+		"a non-voter":   {Config{Dir: c.cfgs[f].Dir}, []Peer{self, {ID: 8, Address: "127.0.0.1:1"}}, "node 8 was no voter"},
+	} {
+		err := Recover(ctx, tc.cfg, tc.members)
+		t.Logf("%s: %v", name, err)
+		if !errors.Is(err, ErrNotRecoverable) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrNotRecoverable saying %q", name, err, tc.want)
+		}
+	}
+	c.restart(f)
+	o := newOutcome()
+	c.check("a.db", `SELECT rowid FROM t`, o)
+}
+
+// TestRecover_SkippedEntryAndInterruption: a log holding an entry that
+// every node skips (a transaction built in an earlier term) is recovered;
+// a node does not start from a directory whose recovery was interrupted
+// (the mark Recover leaves while the files may hold uncommitted entries),
+// and running Recover again completes it.
+func TestRecover_SkippedEntryAndInterruption(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
+	o := newOutcome()
+	o.record(1, nil)
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	cfg := c.cfgs[0].withDefaults()
+	store, err := openLogStore(cfg, newHclog(cfg.Logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, _ := store.LastIndex()
+	var lastLog raft.Log
+	store.GetLog(last, &lastLog)
+	var fr *command.Frames
+	for i := last; i > 0 && fr == nil; i-- {
+		var e raft.Log
+		if store.GetLog(i, &e) != nil || e.Type != raft.LogCommand {
+			continue
+		}
+		if cmd, err := command.Decode(e.Data); err == nil {
+			fr, _ = cmd.(*command.Frames)
+		}
+	}
+	if fr == nil {
+		t.Fatal("no Frames entry")
+	}
+	fr.Term = lastLog.Term - 1 // built by the leadership of an earlier term
+	if err := store.StoreLog(&raft.Log{Index: last + 1, Term: lastLog.Term, Type: raft.LogCommand, Data: command.EncodeFrames(fr)}); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	st, err := Inspect(c.cfgs[0].Dir)
+	if err != nil || st.ID != 1 || st.LastIndex != last+1 || len(st.Members) != 3 {
+		t.Errorf("Inspect: %+v, %v; want node 1, last index %d, 3 members", st, err, last+1)
+	}
+
+	// An interrupted recovery: the mark is there (as Recover leaves it
+	// while it applies), the log untouched.
+	lock, err := lockDir(c.cfgs[0].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeLock(lock, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	lock.Close()
+	if n, err := New(c.cfgs[0]); !errors.Is(err, ErrNeedsRecovery) || !strings.Contains(err.Error(), "interrupted") {
+		if n != nil {
+			n.Close()
+		}
+		t.Fatalf("New after an interrupted recovery: %v, want ErrNeedsRecovery", err)
+	}
+	members := []Peer{{ID: 1, Address: c.cfgs[0].Address}}
+	if err := Recover(context.Background(), Config{Dir: c.cfgs[0].Dir, Dial: c.cfgs[0].Dial, Logger: testLogger(t)}, members); err != nil {
+		t.Fatalf("Recover on a log holding an entry every node skips: %v", err)
+	}
+	c.restart(0)
+	c.waitLeader()
+	c.nodes = c.nodes[:1]
+	c.check("a.db", `SELECT x FROM t`, o)
 }

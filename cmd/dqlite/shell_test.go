@@ -296,6 +296,10 @@ func TestShell_RecoverRefusedOnHealthyCluster(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "the cluster works") {
 		t.Errorf("recover on a healthy cluster: exit %d, %q", code, errOut)
 	}
+	code, out, errOut := shellRun(t, "", "recover", "-dir", dir, "-show")
+	if want := "node " + itoa(id) + ": last entry term "; code != 0 || !strings.Contains(out, want) || strings.Count(out, "127.0.0.1:") != 3 {
+		t.Errorf("recover -show: exit %d, stdout %q (want %q and 3 members), stderr %q", code, out, want, errOut)
+	}
 }
 
 func itoa(id dqlite.NodeID) string { return strconv.FormatUint(uint64(id), 10) }
