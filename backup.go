@@ -144,6 +144,21 @@ func (n *Node) Restore(ctx context.Context, name string, r io.Reader) error {
 		return fmt.Errorf("dqlite: restore of %s: what to restore is %w", name, err)
 	}
 	defer src.Close()
+	// The content goes through one transaction: refuse at once what
+	// would surely exceed MaxTxSize, rather than after writing it all.
+	var pages, free, size int64
+	err = sqldump.Raw(src).Rows(ctx, `SELECT (SELECT * FROM pragma_page_count), (SELECT * FROM pragma_freelist_count), (SELECT * FROM pragma_page_size)`, nil,
+		func(c []string) error {
+			_, err := fmt.Sscan(c[0]+" "+c[1]+" "+c[2], &pages, &free, &size)
+			return err
+		})
+	if err != nil {
+		return fmt.Errorf("dqlite: restore of %s: %w", name, err)
+	}
+	if used := (pages - free) * size; used > n.cfg.MaxTxSize {
+		return fmt.Errorf("%w: restoring %s takes one transaction of about %d bytes of pages, more than Config.MaxTxSize (%d)",
+			ErrTxTooLarge, name, used, n.cfg.MaxTxSize)
+	}
 	db, err := n.Open(ctx, name)
 	if err != nil {
 		return err

@@ -291,3 +291,35 @@ func TestRestore_ReplacesAtomically(t *testing.T) {
 	}
 	c.check("live.db", `SELECT k FROM t`, nil)
 }
+
+// TestRestore_TooLarge: a file whose content exceeds Config.MaxTxSize is
+// refused with ErrTxTooLarge before anything is written, and the database
+// keeps its content.
+func TestRestore_TooLarge(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, func(cfg *Config) { cfg.MaxTxSize = 1 << 20 })
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "live.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
+	path := filepath.Join(t.TempDir(), "big.db")
+	bc, err := sqlite3.Open(sqldump.FileURI(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.Exec(`CREATE TABLE t (x); INSERT INTO t SELECT randomblob(1000) FROM generate_series(1, 2000)`); err != nil {
+		t.Fatal(err)
+	}
+	bc.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	err = c.nodes[c.follower(l)].Restore(ctx, "live.db", f)
+	t.Logf("%v", err)
+	if !errors.Is(err, ErrTxTooLarge) {
+		t.Errorf("restore of 2 MB with MaxTxSize 1 MiB: %v, want ErrTxTooLarge", err)
+	}
+	o := newOutcome()
+	o.record(1, nil)
+	c.check("live.db", `SELECT x FROM t`, o)
+}
