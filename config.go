@@ -140,10 +140,14 @@ type Config struct {
 	// signed, or in plaintext, is refused, and the node logs a warning.
 	// A node verifies the certificate of a node it dials against the host
 	// of the address it dialed (set ServerName to use another name). A
-	// node's certificate must allow server authentication (or name no
-	// usage): Raft connections are refused from a certificate that allows
-	// client authentication only, which may use the client protocol
-	// (statements, and the shell's operations) and nothing else.
+	// node's certificate must allow server authentication: Raft
+	// connections are refused from a certificate that allows client
+	// authentication only (in its extended key usage, or its chain's),
+	// which may use the client protocol (statements, and the shell's
+	// operations) and nothing else. A certificate that names no extended
+	// key usage allows every use, so give clients certificates that name
+	// client authentication (as dqlite certs does), or sign nodes' and
+	// clients' certificates with different CAs.
 	// LoadTLS builds one from PEM files. TLS applies on top of Listener
 	// and Dial when those are set too.
 	TLS *tls.Config

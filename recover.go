@@ -1,6 +1,7 @@
 package dqlite
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,19 +54,19 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	if cfg.Dir == "" {
 		return errors.New("dqlite: Recover needs the data directory")
 	}
-	if _, err := os.Stat(cfg.Dir); err != nil {
-		return fmt.Errorf("dqlite: data directory: %w", err)
+	if err := hasRaftState(cfg.Dir); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotRecoverable, err)
 	}
 	lock, err := lockDir(cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("%w: %w (stop the node first)", ErrNotRecoverable, err)
 	}
 	defer lock.Close()
+	id, mark, err := readLock(lock)
+	if err != nil {
+		return err
+	}
 	if cfg.ID == 0 {
-		id, _, err := readLock(lock)
-		if err != nil {
-			return err
-		}
 		if id == 0 {
 			return fmt.Errorf("%w: %s does not record its node's ID: give it", ErrNotRecoverable, cfg.Dir)
 		}
@@ -109,6 +111,18 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	if err != nil {
 		return err
 	}
+	// A recovery that was interrupted is run again as it began: its checks
+	// passed then, and what it wrote since (the new membership, if it got
+	// that far) must not make them fail now.
+	want := memberList(members)
+	if mark != "" {
+		if mark != want {
+			return fmt.Errorf("%w: the interrupted recovery of %s was for members %s: run it again with those",
+				ErrNotRecoverable, cfg.Dir, mark)
+		}
+		cfg.Logger.Warn("resuming an interrupted recovery", "members", mark)
+		return recoverDir(cfg, lock, store, snaps, members)
+	}
 	oldVoters := map[NodeID]string{}
 	for _, s := range old.Servers {
 		id, _ := strconv.ParseUint(string(s.ID), 10, 64)
@@ -125,11 +139,15 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	if err := checkLost(ctx, cfg, oldVoters); err != nil {
 		return err
 	}
+	return recoverDir(cfg, lock, store, snaps, members)
+}
 
+// recoverDir does the recovery, once Recover checked it may.
+func recoverDir(cfg Config, lock *os.File, store logStore, snaps *fsm.Store, members []Peer) error {
 	// From here on the files may hold entries the cluster never
 	// committed: a node must not start from them until the snapshot holds
 	// them and the log is gone.
-	if err := writeLock(lock, cfg.ID, true); err != nil {
+	if err := writeLock(lock, cfg.ID, memberList(members)); err != nil {
 		return err
 	}
 	f, err := fsm.New(cfg.Dir, fsm.Options{
@@ -186,9 +204,11 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	}
 	for _, d := range f.Databases() {
 		if err := d.Failed(); err != nil {
-			return fmt.Errorf("database %s: %w: it cannot take the log's entries; nothing was recovered", d.Name, err)
+			return fmt.Errorf("database %s: %w: it cannot take the log's entries; the recovery is not complete "+
+				"(the node will not start): remove the cause, then run it again", d.Name, err)
 		}
 	}
+	f.Replayed(lastIndex)
 
 	conf := configuration(members)
 	snap, err := f.Snapshot()
@@ -215,7 +235,7 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 			return fmt.Errorf("empty the Raft log: %w", err)
 		}
 	}
-	if err := writeLock(lock, cfg.ID, false); err != nil {
+	if err := writeLock(lock, cfg.ID, ""); err != nil {
 		return err
 	}
 	cfg.Logger.Warn("recovered: the node is a member of a new cluster", "members", describe(conf),
@@ -237,8 +257,8 @@ type DirState struct {
 // transaction the old cluster committed that any of them holds.
 func Inspect(dir string) (DirState, error) {
 	var st DirState
-	if _, err := os.Stat(dir); err != nil {
-		return st, fmt.Errorf("dqlite: data directory: %w", err)
+	if err := hasRaftState(dir); err != nil {
+		return st, err
 	}
 	lock, err := lockDir(dir)
 	if err != nil {
@@ -370,38 +390,68 @@ func describe(c raft.Configuration) string {
 	return strings.Join(s, ",")
 }
 
-// The data directory records its node's ID in its lock file, so that a
-// directory is never started as another node, and whether a recovery of it
-// is under way. The lock file is the node's own name (no database can be
-// called "lock"), and only the holder of its lock reads or writes it: its
-// text is the ID on a line, then "recovering" on another while Recover
-// works.
-
-// readLock returns what the locked lock file records: an ID (0 if none),
-// and whether a recovery was interrupted.
-func readLock(lock *os.File) (NodeID, bool, error) {
-	b := make([]byte, 64)
-	n, err := lock.ReadAt(b, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return 0, false, fmt.Errorf("data dir: %w", err)
+// hasRaftState fails, touching nothing, for a directory that holds no
+// Raft log.
+func hasRaftState(dir string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("dqlite: data directory: %w", err)
 	}
-	lines := strings.Fields(string(b[:n]))
-	if len(lines) == 0 {
-		return 0, false, nil
+	for _, name := range []string{"raft-wal", "raft.db"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return nil
+		}
 	}
-	id, err := strconv.ParseUint(lines[0], 10, 64)
-	if err != nil || id == 0 || len(lines) > 2 || len(lines) == 2 && lines[1] != "recovering" {
-		return 0, false, fmt.Errorf("%w: the lock file of %s does not hold a node ID (%q); "+
-			"if this is the directory of the node you are starting, empty the file", ErrNeedsRecovery, filepath.Dir(lock.Name()), b[:n])
-	}
-	return NodeID(id), len(lines) == 2, nil
+	return fmt.Errorf("dqlite: %s holds no Raft log: it is no node's data directory", dir)
 }
 
-// writeLock records id, and whether a recovery is under way.
-func writeLock(lock *os.File, id NodeID, recovering bool) error {
+// memberList is members as the lock file records them: ID=address,…
+// by ID.
+func memberList(members []Peer) string {
+	ps := slices.Clone(members)
+	slices.SortFunc(ps, func(a, b Peer) int { return cmp.Compare(a.ID, b.ID) })
+	var l []string
+	for _, p := range ps {
+		l = append(l, fmt.Sprintf("%d=%s", p.ID, p.Address))
+	}
+	return strings.Join(l, ",")
+}
+
+// The data directory records its node's ID in its lock file, so that a
+// directory is never started as another node, and, while Recover works,
+// the members it recovers for. The lock file is the node's own name (no
+// database can be called "lock"), and only the holder of its lock reads or
+// writes it: its text is the ID on a line, then "recovering" and the
+// members on another while a recovery is under way.
+
+// readLock returns what the locked lock file records: an ID (0 if none),
+// and the members of an interrupted recovery ("" if none).
+func readLock(lock *os.File) (NodeID, string, error) {
+	b := make([]byte, 64<<10)
+	n, err := lock.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, "", fmt.Errorf("data dir: %w", err)
+	}
+	f := strings.Fields(string(b[:n]))
+	if len(f) == 0 {
+		return 0, "", nil
+	}
+	id, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil || id == 0 || len(f) != 1 && (len(f) != 3 || f[1] != "recovering") {
+		return 0, "", fmt.Errorf("%w: the lock file of %s does not hold a node ID (%.100q); "+
+			"if this is the directory of the node you are starting, empty the file", ErrNeedsRecovery, filepath.Dir(lock.Name()), b[:n])
+	}
+	if len(f) == 3 {
+		return NodeID(id), f[2], nil
+	}
+	return NodeID(id), "", nil
+}
+
+// writeLock records id, and the members of a recovery under way ("" for
+// none).
+func writeLock(lock *os.File, id NodeID, recovering string) error {
 	text := strconv.FormatUint(uint64(id), 10) + "\n"
-	if recovering {
-		text += "recovering\n"
+	if recovering != "" {
+		text += "recovering " + recovering + "\n"
 	}
 	if _, err := lock.WriteAt([]byte(text), 0); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -419,20 +469,20 @@ func writeLock(lock *os.File, id NodeID, recovering bool) error {
 // another node, or (unless recovering) when a recovery of it was
 // interrupted; it records id when the file records none.
 func checkNodeID(lock *os.File, id NodeID, recovering bool) error {
-	have, interrupted, err := readLock(lock)
+	have, mark, err := readLock(lock)
 	if err != nil {
 		return err
 	}
 	if have != 0 && have != id {
 		return fmt.Errorf("%w: data directory %s belongs to node %d, not %d", ErrIDClash, filepath.Dir(lock.Name()), have, id)
 	}
-	if interrupted && !recovering {
+	if mark != "" && !recovering {
 		return fmt.Errorf("%w: the recovery of %s (dqlite recover, Recover) was interrupted, and its databases may hold "+
-			"transactions the cluster never committed: run it again, with the same members, then start the node",
-			ErrNeedsRecovery, filepath.Dir(lock.Name()))
+			"transactions the cluster never committed: run it again, with the same members (%s), then start the node",
+			ErrNeedsRecovery, filepath.Dir(lock.Name()), mark)
 	}
 	if have == 0 {
-		return writeLock(lock, id, false)
+		return writeLock(lock, id, "")
 	}
 	return nil
 }

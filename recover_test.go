@@ -253,7 +253,7 @@ func TestRecover_SkippedEntryAndInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeLock(lock, 1, true); err != nil {
+	if err := writeLock(lock, 1, "1="+c.cfgs[0].Address); err != nil {
 		t.Fatal(err)
 	}
 	lock.Close()

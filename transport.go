@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
 	"sync"
 	"time"
 
@@ -140,7 +139,7 @@ func (s *streamLayer) route(tc *trackedConn) {
 		s.serve(c)
 		return
 	}
-	if t, ok := c.(*tls.Conn); ok && !nodeCertificate(t.ConnectionState()) {
+	if t, ok := c.(*tls.Conn); ok && !nodeCertificate(t.ConnectionState(), s.tls.ClientCAs) {
 		// A client's certificate speaks the client protocol only: as a
 		// Raft peer it could depose the leader or write pages.
 		s.refused(tc, "a Raft connection with a client's certificate (it does not allow server authentication)", nil)
@@ -155,14 +154,21 @@ func (s *streamLayer) route(tc *trackedConn) {
 }
 
 // nodeCertificate reports whether the peer's certificate is a node's: one
-// that allows server authentication too (or any use), as every node's
-// must, since it accepts connections with it.
-func nodeCertificate(st tls.ConnectionState) bool {
+// whose chain to roots allows server authentication (as every node's must,
+// since it accepts connections with it). A certificate, or an
+// intermediate, that names only client authentication is a client's. One
+// that names no usage at all allows every use, as x509 has it.
+func nodeCertificate(st tls.ConnectionState, roots *x509.CertPool) bool {
 	if len(st.PeerCertificates) == 0 {
 		return false
 	}
-	uses := st.PeerCertificates[0].ExtKeyUsage
-	return len(uses) == 0 || slices.Contains(uses, x509.ExtKeyUsageServerAuth) || slices.Contains(uses, x509.ExtKeyUsageAny)
+	inter := x509.NewCertPool()
+	for _, c := range st.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := st.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err == nil
 }
 
 // refused logs a refused connection: at most 10 a second (a port scan

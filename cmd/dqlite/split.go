@@ -30,10 +30,36 @@ func (s *splitter) add(line string) []string {
 	}
 	rest := text[start:]
 	s.buf.Reset()
-	if strings.TrimSpace(rest) != "" {
+	if !onlyComments(rest) {
 		s.buf.WriteString(rest)
 	}
 	return out
+}
+
+// onlyComments reports whether s holds nothing but spaces and finished
+// comments: nothing to run.
+func onlyComments(s string) bool {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n")
+		switch {
+		case s == "":
+			return true
+		case strings.HasPrefix(s, "--"):
+			i := strings.IndexByte(s, '\n')
+			if i < 0 {
+				return false
+			}
+			s = s[i:]
+		case strings.HasPrefix(s, "/*"):
+			i := strings.Index(s[2:], "*/")
+			if i < 0 {
+				return false
+			}
+			s = s[i+4:]
+		default:
+			return false
+		}
+	}
 }
 
 // pending reports whether an unfinished statement is buffered.
@@ -85,7 +111,7 @@ func statementEnd(text string) int {
 				j++
 			}
 			w := strings.ToUpper(text[i:j])
-			if len(words) < 4 {
+			if len(words) < 6 {
 				words = append(words, w)
 			}
 			token(w)
@@ -103,8 +129,15 @@ func isWordByte(c byte) bool {
 	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
 }
 
-// isTrigger reports whether a statement's first words create a trigger.
+// isTrigger reports whether a statement's first words create a trigger
+// (perhaps EXPLAINed).
 func isTrigger(words []string) bool {
+	if len(words) > 0 && words[0] == "EXPLAIN" {
+		words = words[1:]
+		if len(words) > 1 && words[0] == "QUERY" && words[1] == "PLAN" {
+			words = words[2:]
+		}
+	}
 	if len(words) < 2 || words[0] != "CREATE" {
 		return false
 	}

@@ -59,3 +59,29 @@ ROLLBACK;
 		t.Errorf("after a script that rolled back: table t holds %q (want the 2 rows)", out)
 	}
 }
+
+// Triggers with CASE, TEMP, strings and identifiers named end, END and
+// its semicolon apart, comments after a statement, EXPLAIN.
+func TestSplitCases(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT CASE WHEN 1 THEN 2 END; END; SELECT 1;", 2},
+		{"CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT CASE WHEN 1 THEN 2 END; END;\nSELECT 1;", 2},
+		{"CREATE TEMPORARY TRIGGER IF NOT EXISTS tr AFTER INSERT ON t BEGIN SELECT 1; END;", 1},
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO log VALUES ('; END;'); END; SELECT 2;", 2},
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO \"end\"(end) VALUES (1); UPDATE t SET end = end; END; SELECT 2;", 2},
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END\n;\nSELECT 3;", 2},
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END /* c */ ;\nSELECT 3;", 2},
+		{"CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; -- x; END;\nEND;\nSELECT 3;", 2},
+		{"SELECT 1; -- note\n.tables", 2}, // the statement and the dot command
+		{"EXPLAIN CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;", 1},
+		{"CREATE TABLE \"end\"(x); SELECT 1;", 2},
+	} {
+		got := splitInput(tc.in)
+		if len(got) != tc.want {
+			t.Errorf("%q: split into %d: %q, want %d", tc.in, len(got), got, tc.want)
+		}
+	}
+}

@@ -208,9 +208,9 @@ func Statements(ctx context.Context, src Source, emit func(stmt string) error) e
 	return nil
 }
 
-// rows emits an INSERT for each row of table, with its rowid when it has
-// one that no column's name hides (with an INTEGER PRIMARY KEY both are
-// the same value).
+// rows emits an INSERT for each row of table, with its rowid when one of
+// the rowid's names is not a column's (with an INTEGER PRIMARY KEY both
+// are the same value).
 func rows(ctx context.Context, src Source, table string, rowid bool, emit func(string) error) error {
 	var cols []string
 	names := map[string]bool{}
@@ -227,13 +227,22 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 	if len(cols) == 0 {
 		return nil
 	}
-	rowid = rowid && !names["rowid"] && !names["_rowid_"] && !names["oid"]
+	alias := ""
+	if rowid {
+		for _, a := range []string{"rowid", "_rowid_", "oid"} {
+			if !names[a] {
+				alias = a
+				break
+			}
+		}
+	}
+	rowid = alias != ""
 	var sel, ins strings.Builder
 	sel.WriteString("SELECT ")
 	ins.WriteString("INSERT INTO " + Ident(table) + "(")
 	if rowid {
-		sel.WriteString("quote(rowid), ")
-		ins.WriteString("rowid, ")
+		sel.WriteString("quote(" + alias + "), ")
+		ins.WriteString(alias + ", ")
 	}
 	for i, c := range cols {
 		if i > 0 {
@@ -245,7 +254,7 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 	}
 	sel.WriteString(" FROM " + Ident(table))
 	if rowid {
-		sel.WriteString(" ORDER BY rowid")
+		sel.WriteString(" ORDER BY " + alias)
 	}
 	ins.WriteString(") VALUES(")
 	prefix := ins.String()
@@ -257,7 +266,7 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString(v)
+			writeLiteral(&b, v)
 		}
 		b.WriteByte(')')
 		return emit(b.String())
@@ -266,10 +275,27 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 
 // literal is the SQL that turns column expression x into an SQL literal
 // of its value: quote(), except for text holding a NUL, which quote()
-// would cut there.
+// would cut there: that comes as the text itself after a char(1) (which
+// no quote() begins with), for writeLiteral to spell out.
 func literal(x string) string {
 	return "CASE WHEN typeof(" + x + ") = 'text' AND instr(" + x + ", char(0)) > 0 " +
-		"THEN 'CAST(X''' || hex(" + x + ") || ''' AS TEXT)' ELSE quote(" + x + ") END"
+		"THEN char(1) || " + x + " ELSE quote(" + x + ") END"
+}
+
+// writeLiteral writes a value that literal selected: text holding NULs as
+// its parts joined by char(0), which reads back as the same characters
+// whatever the encodings of the two databases.
+func writeLiteral(b *strings.Builder, v string) {
+	if !strings.HasPrefix(v, "\x01") {
+		b.WriteString(v)
+		return
+	}
+	for i, part := range strings.Split(v[1:], "\x00") {
+		if i > 0 {
+			b.WriteString("||char(0)||")
+		}
+		b.WriteString("'" + strings.ReplaceAll(part, "'", "''") + "'")
+	}
 }
 
 // Write writes the database src reads as SQL text that sqlite3 loads into

@@ -70,6 +70,16 @@ type FSM struct {
 // files held at start.
 func (f *FSM) CatchingUp() bool { return f.lastSeen.Load() < f.heldAtStart.Load() }
 
+// Replayed tells the FSM that every log entry up to index after the latest
+// snapshot went through Apply (recovery replays the log itself), so that
+// Snapshot may run even when there were none; it does nothing while the
+// files hold entries after index.
+func (f *FSM) Replayed(index uint64) {
+	if index >= f.heldAtStart.Load() && index > f.lastSeen.Load() {
+		f.lastSeen.Store(index)
+	}
+}
+
 // Stats counts what the FSM did since it started.
 type Stats struct {
 	Skipped  int64 // Frames entries its files held already at start
