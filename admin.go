@@ -2,9 +2,6 @@ package dqlite
 
 import (
 	"context"
-	"strconv"
-
-	"github.com/hashicorp/raft"
 
 	"github.com/godqlite/dqlite/driver"
 )
@@ -15,22 +12,13 @@ import (
 var _ driver.AdminBackend = backend{}
 
 func (b backend) Status() driver.NodeStatus {
-	n := b.n
-	st := driver.NodeStatus{ID: uint64(n.cfg.ID), Address: n.Address(), AppliedIndex: n.fsm.AppliedIndex()}
-	if n.checkOpen() != nil {
-		return st
+	st := b.n.Status()
+	ds := driver.NodeStatus{ID: uint64(st.ID), Address: st.Address, LeaderID: uint64(st.LeaderID), LeaderAddress: st.LeaderAddress,
+		Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex}
+	for _, m := range st.Members {
+		ds.Members = append(ds.Members, driver.Member{ID: uint64(m.ID), Address: m.Address, Voter: m.Role == Voter})
 	}
-	id, addr := n.Leader()
-	st.LeaderID, st.LeaderAddress = uint64(id), addr
-	st.Term, st.CommitIndex, st.LastIndex = n.raft.CurrentTerm(), n.raft.CommitIndex(), n.raft.LastIndex()
-	f := n.raft.GetConfiguration()
-	if f.Error() == nil {
-		for _, s := range f.Configuration().Servers {
-			id, _ := strconv.ParseUint(string(s.ID), 10, 64)
-			st.Members = append(st.Members, driver.Member{ID: id, Address: string(s.Address), Voter: s.Suffrage == raft.Voter})
-		}
-	}
-	return st
+	return ds
 }
 
 func (b backend) AddVoter(ctx context.Context, id uint64, address string) error {

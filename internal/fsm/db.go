@@ -385,6 +385,10 @@ func (d *DB) CheckpointNow(timeout time.Duration) error {
 	return err
 }
 
+// AppliedIndex is the Raft index of the last Frames entry the database's
+// files hold.
+func (d *DB) AppliedIndex() uint64 { return d.applied.Load() }
+
 // WALState returns the wal-index header and the number of frames
 // checkpointed into the database file: the state readers see.
 func (d *DB) WALState() (wal.IndexHeader, uint32, error) {

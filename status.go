@@ -1,0 +1,155 @@
+package dqlite
+
+import (
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/godqlite/dqlite/wal"
+)
+
+// Role is a member's part in the cluster; empty for a node that is not
+// in the configuration (not added yet, or removed).
+type Role string
+
+const (
+	// Voter: replicates every database and votes; a quorum of voters
+	// commits.
+	Voter Role = "voter"
+	// Standby: replicates every database but does not vote (a Raft
+	// non-voter); it serves reads and can become a voter quickly.
+	Standby Role = "standby"
+)
+
+// Status is a node's view of itself and of the cluster, at one moment.
+type Status struct {
+	ID      NodeID
+	Address string
+	Role    Role
+	// State is Raft's: "Leader", "Follower", "Candidate" or "Shutdown".
+	State string
+	// Ready: the leader, with every entry of earlier terms applied: it
+	// takes writes.
+	Ready         bool
+	Term          uint64
+	LeaderID      NodeID // 0 when no leader is known
+	LeaderAddress string
+	// CommitIndex is the last Raft entry this node knows to be committed
+	// (a follower learns it from the leader's appends, within
+	// milliseconds); AppliedIndex the last it applied; Lag the entries
+	// between them: how far its reads trail the leader's commits. The
+	// Raft log holds entries up to LastIndex; SnapshotIndex is the latest
+	// snapshot's.
+	CommitIndex, AppliedIndex, Lag, LastIndex, SnapshotIndex uint64
+	Members                                                  []Member
+	Databases                                                []DatabaseStatus
+}
+
+// Member is a member of the cluster's configuration.
+type Member struct {
+	ID      NodeID
+	Address string
+	Role    Role
+}
+
+// DatabaseStatus describes one database on a node.
+type DatabaseStatus struct {
+	Name string
+	// Size of the database file in bytes, and of its WAL; WALFrames is the
+	// WAL's committed frames (those not yet checkpointed included).
+	Size, WALSize int64
+	WALFrames     uint32
+	// AppliedIndex is the Raft index of the last transaction of this
+	// database the node's files hold; SnapshotIndex the one the latest
+	// snapshot holds (0 when it holds none).
+	AppliedIndex, SnapshotIndex uint64
+	// Failed is why the node stopped serving the database, or "".
+	Failed string
+}
+
+// Status returns the node's status. It costs a few system calls per
+// database, nothing that grows with their size.
+func (n *Node) Status() Status {
+	st := Status{ID: n.cfg.ID, Address: n.Address(), State: raft.Shutdown.String(),
+		AppliedIndex: n.fsm.AppliedIndex(), SnapshotIndex: n.snaps.LatestIndex()}
+	snapDBs := map[string]uint64{}
+	if latest, ok := n.snaps.Latest(); ok {
+		for _, d := range latest.DBs {
+			snapDBs[d.Name] = d.Index
+		}
+	}
+	for _, d := range n.fsm.Databases() {
+		ds := DatabaseStatus{Name: d.Name, AppliedIndex: d.AppliedIndex(), SnapshotIndex: snapDBs[d.Name]}
+		if fi, err := os.Stat(d.Path()); err == nil {
+			ds.Size = fi.Size()
+		}
+		if fi, err := os.Stat(d.Path() + "-wal"); err == nil {
+			ds.WALSize = fi.Size()
+		}
+		ds.WALFrames = walFrames(d.Path() + "-shm")
+		if err := d.Failed(); err != nil {
+			ds.Failed = err.Error()
+		}
+		st.Databases = append(st.Databases, ds)
+	}
+	slices.SortFunc(st.Databases, func(a, b DatabaseStatus) int { return strings.Compare(a.Name, b.Name) })
+	if n.checkOpen() != nil {
+		return st
+	}
+	st.State = n.raft.State().String()
+	st.Ready = n.checkLeader() == nil
+	st.LeaderID, st.LeaderAddress = n.Leader()
+	st.Term, st.CommitIndex, st.LastIndex = n.raft.CurrentTerm(), n.raft.CommitIndex(), n.raft.LastIndex()
+	if st.CommitIndex > st.AppliedIndex {
+		st.Lag = st.CommitIndex - st.AppliedIndex
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			id, _ := strconv.ParseUint(string(s.ID), 10, 64)
+			m := Member{ID: NodeID(id), Address: string(s.Address), Role: Voter}
+			if s.Suffrage != raft.Voter {
+				m.Role = Standby
+			}
+			if m.ID == n.cfg.ID {
+				st.Role = m.Role
+			}
+			st.Members = append(st.Members, m)
+		}
+	}
+	return st
+}
+
+// walFrames reads the last committed frame from a copy of the wal-index
+// header in the -shm file: the node's own mapping of it is not for other
+// goroutines. 0 when the header cannot be read whole (SQLite was writing
+// it, twice in a row).
+func walFrames(shmPath string) uint32 {
+	f, err := os.Open(shmPath)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	for range 2 {
+		b := make([]byte, wal.RegionSize)
+		if _, err := f.ReadAt(b[:wal.IndexHeaderSize], 0); err != nil {
+			return 0
+		}
+		if h, err := wal.NewIndex(region(b)).Header(); err == nil {
+			return h.MaxFrame
+		}
+	}
+	return 0
+}
+
+// region is a copy of the wal-index's first region, as wal.Memory.
+type region []byte
+
+func (r region) Region(i int) ([]byte, error) {
+	if i != 0 {
+		return nil, os.ErrNotExist
+	}
+	return r, nil
+}
