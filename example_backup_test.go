@@ -66,3 +66,27 @@ func ExampleNode_Backup() {
 	// INSERT INTO "t"(rowid, "k", "v") VALUES(2,'b',X'FF');
 	// COMMIT;
 }
+
+// What a node says of itself.
+func ExampleNode_Status() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	node, stop := oneNode()
+	defer stop()
+	db, err := node.Open(ctx, "app.db")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE t (x); INSERT INTO t VALUES (1)`); err != nil {
+		log.Fatal(err)
+	}
+	st := node.Status()
+	fmt.Println(st.Role, st.State, st.Ready, len(st.Members), st.Lag)
+	for _, d := range st.Databases {
+		fmt.Println(d.Name, d.WALFrames > 0, d.AppliedIndex > 0)
+	}
+	// Output:
+	// voter Leader true 1 0
+	// app.db true true
+}
