@@ -42,6 +42,12 @@ func TestDemo_ConvergesAfterKills(t *testing.T) {
 	if kills < 2 {
 		t.Errorf("only %d kills in 15s", kills)
 	}
+	// Every 5 s a line of the cluster's status: each node's role, state,
+	// applied index and lag, and a leader.
+	st := regexp.MustCompile(`(?m)status: leader node \d \(term \d+\); (node \d (voter (leader|follower) applied \d+ lag \d+|down)(; )?){3}$`)
+	if got := len(st.FindAllString(out.String(), -1)); got < 1 {
+		t.Errorf("%d status lines with a leader, want at least 1", got)
+	}
 }
 
 func TestDemo_RejectsBadFlags(t *testing.T) {

@@ -13,9 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/godqlite/dqlite/driver"
 )
 
 // rowKey identifies a demo row.
@@ -214,7 +217,8 @@ func (s *supervisor) pump(ctx context.Context, d time.Duration, chaos bool) bool
 	end := time.After(d)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	status := make(chan string, 1)
+	for ticks := 1; ; {
 		select {
 		case <-ctx.Done():
 			return false
@@ -222,14 +226,76 @@ func (s *supervisor) pump(ctx context.Context, d time.Duration, chaos bool) bool
 			return true
 		case ev := <-s.events:
 			s.handle(ev, &s.acksThisSecond)
+		case line := <-status:
+			s.logf("%s", line)
 		case now := <-tick.C:
 			s.logf("rows committed/s: %d (acknowledged so far: %d)", s.acksThisSecond, len(s.acked))
 			s.acksThisSecond = 0
 			if chaos {
 				s.chaos(now)
 			}
+			if ticks++; ticks%5 == 0 {
+				go func() {
+					select {
+					case status <- s.clusterStatus(ctx):
+					default:
+					}
+				}()
+			}
 		}
 	}
+}
+
+// clusterStatus asks every node for its status (the client protocol's
+// status request, as the dqlite shell's .cluster does) and describes the
+// cluster in one line: each node's role, state, applied index and lag
+// behind the leader's.
+func (s *supervisor) clusterStatus(ctx context.Context) string {
+	type answer struct {
+		st  driver.NodeStatus
+		err error
+	}
+	answers := make([]answer, len(s.listeners))
+	var leaderApplied uint64
+	leader := 0
+	for i, l := range s.listeners {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := driver.RemoteStatus(sctx, nil, l.Addr().String())
+		cancel()
+		answers[i] = answer{st, err}
+		if err == nil && st.LeaderID == st.ID && st.ID != 0 {
+			leader, leaderApplied = i+1, st.AppliedIndex
+		}
+	}
+	var parts []string
+	for i, a := range answers {
+		if a.err != nil {
+			parts = append(parts, fmt.Sprintf("node %d down", i+1))
+			continue
+		}
+		role := "spare"
+		for _, m := range a.st.Members {
+			if m.ID == a.st.ID {
+				role = "standby"
+				if m.Voter {
+					role = "voter"
+				}
+			}
+		}
+		state, lag := "follower", "?"
+		if i+1 == leader {
+			state = "leader"
+		}
+		if leader != 0 {
+			lag = strconv.FormatUint(leaderApplied-min(leaderApplied, a.st.AppliedIndex), 10)
+		}
+		parts = append(parts, fmt.Sprintf("node %d %s %s applied %d lag %s", i+1, role, state, a.st.AppliedIndex, lag))
+	}
+	head := "no leader"
+	if leader != 0 {
+		head = fmt.Sprintf("leader node %d (term %d)", leader, answers[leader-1].st.Term)
+	}
+	return "status: " + head + "; " + strings.Join(parts, "; ")
 }
 
 // kill stops node i with SIGKILL, wherever it is.
