@@ -22,12 +22,7 @@ func (n *Node) Members(ctx context.Context) ([]Peer, error) {
 	if err := waitFuture(ctx, f); err != nil {
 		return nil, err
 	}
-	var peers []Peer
-	for _, s := range f.Configuration().Servers {
-		id, _ := strconv.ParseUint(string(s.ID), 10, 64)
-		peers = append(peers, Peer{ID: NodeID(id), Address: string(s.Address)})
-	}
-	return peers, nil
+	return peers(f.Configuration()), nil
 }
 
 // AddVoter adds the node id, listening at address, as a voting member. The
@@ -136,6 +131,21 @@ func (n *Node) mapMembershipErr(err error) error {
 }
 
 func serverID(id NodeID) raft.ServerID { return raft.ServerID(strconv.FormatUint(uint64(id), 10)) }
+
+// nodeID is serverID's inverse (0 for a server ID that is no node ID).
+func nodeID(id raft.ServerID) NodeID {
+	v, _ := strconv.ParseUint(string(id), 10, 64)
+	return NodeID(v)
+}
+
+// peers lists a configuration's servers.
+func peers(c raft.Configuration) []Peer {
+	var ps []Peer
+	for _, s := range c.Servers {
+		ps = append(ps, Peer{ID: nodeID(s.ID), Address: string(s.Address)})
+	}
+	return ps
+}
 
 func timeoutOf(ctx context.Context) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {

@@ -298,8 +298,7 @@ func (n *Node) Dir() string { return n.cfg.Dir }
 // when none is known.
 func (n *Node) Leader() (NodeID, string) {
 	addr, id := n.raft.LeaderWithID()
-	v, _ := strconv.ParseUint(string(id), 10, 64)
-	return NodeID(v), string(addr)
+	return nodeID(id), string(addr)
 }
 
 // AppliedIndex returns the Raft index of the last entry this node has

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,15 +124,14 @@ func Recover(ctx context.Context, cfg Config, members []Peer) error {
 	}
 	oldVoters := map[NodeID]string{}
 	for _, s := range old.Servers {
-		id, _ := strconv.ParseUint(string(s.ID), 10, 64)
 		if s.Suffrage == raft.Voter {
-			oldVoters[NodeID(id)] = string(s.Address)
+			oldVoters[nodeID(s.ID)] = string(s.Address)
 		}
 	}
 	for _, p := range members {
 		if _, ok := oldVoters[p.ID]; !ok {
 			return fmt.Errorf("%w: node %d was no voter of the cluster (%s); recover the survivors only, then add new nodes",
-				ErrNotRecoverable, p.ID, describe(old))
+				ErrNotRecoverable, p.ID, memberList(peers(old)))
 		}
 	}
 	if err := checkLost(ctx, cfg, oldVoters); err != nil {
@@ -238,7 +236,7 @@ func recoverDir(cfg Config, lock *os.File, store logStore, snaps *fsm.Store, mem
 	if err := writeLock(lock, cfg.ID, ""); err != nil {
 		return err
 	}
-	cfg.Logger.Warn("recovered: the node is a member of a new cluster", "members", describe(conf),
+	cfg.Logger.Warn("recovered: the node is a member of a new cluster", "members", memberList(members),
 		"index", lastIndex, "term", lastTerm)
 	return nil
 }
@@ -297,10 +295,7 @@ func Inspect(dir string) (DirState, error) {
 	if err != nil {
 		return st, err
 	}
-	for _, s := range conf.Servers {
-		id, _ := strconv.ParseUint(string(s.ID), 10, 64)
-		st.Members = append(st.Members, Peer{ID: NodeID(id), Address: string(s.Address)})
-	}
+	st.Members = peers(conf)
 	return st, nil
 }
 
@@ -338,11 +333,7 @@ func latestConfiguration(store logStore, snaps *fsm.Store) (raft.Configuration, 
 // address: one that accepts but does not answer the status request (a TLS
 // handshake refused, another version) is up, and may be deciding.
 func checkLost(ctx context.Context, cfg Config, voters map[NodeID]string) error {
-	dial := cfg.Dial
-	if dial == nil {
-		var d net.Dialer
-		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
-	}
+	dial := driver.OrTCP(cfg.Dial)
 	statusDial := dial
 	if cfg.TLS != nil {
 		statusDial = driver.DialTLS(dial, cfg.TLS)
@@ -380,14 +371,6 @@ func checkLost(ctx context.Context, cfg Config, voters map[NodeID]string) error 
 	}
 	cfg.Logger.Info("recovering: the old cluster has no quorum", "voters", len(voters), "seen", strings.Join(seen, "; "))
 	return nil
-}
-
-func describe(c raft.Configuration) string {
-	var s []string
-	for _, srv := range c.Servers {
-		s = append(s, fmt.Sprintf("%s=%s", srv.ID, srv.Address))
-	}
-	return strings.Join(s, ",")
 }
 
 // hasRaftState fails, touching nothing, for a directory that holds no

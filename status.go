@@ -3,7 +3,6 @@ package dqlite
 import (
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/hashicorp/raft"
@@ -108,8 +107,7 @@ func (n *Node) Status() Status {
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
-			id, _ := strconv.ParseUint(string(s.ID), 10, 64)
-			m := Member{ID: NodeID(id), Address: string(s.Address), Role: Voter}
+			m := Member{ID: nodeID(s.ID), Address: string(s.Address), Role: Voter}
 			if s.Suffrage != raft.Voter {
 				m.Role = Standby
 			}

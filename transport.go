@@ -61,12 +61,7 @@ func newStreamLayer(cfg Config) (*streamLayer, error) {
 		}
 		s.Listener = l
 	}
-	if s.dial == nil {
-		var d net.Dialer
-		s.dial = func(ctx context.Context, address string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", address)
-		}
-	}
+	s.dial = driver.OrTCP(s.dial)
 	if cfg.TLS != nil {
 		s.tls, s.log = serverTLS(cfg.TLS), cfg.Logger
 		s.dial = driver.DialTLS(s.dial, cfg.TLS)

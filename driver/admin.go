@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
@@ -96,10 +97,7 @@ func (sv *server) admin(ctx context.Context, r *wire.Reader) {
 // its answer.
 func adminCall(ctx context.Context, dial func(context.Context, string) (net.Conn, error), address string,
 	op, id uint64, arg string) (wire.Type, *wire.Reader, error) {
-	if dial == nil {
-		var d net.Dialer
-		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
-	}
+	dial = OrTCP(dial)
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	nc, err := dial(dctx, address)
 	cancel()
@@ -155,7 +153,7 @@ func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Co
 		return fmt.Errorf("dqlite: unknown operation %q (add, remove, transfer)", op)
 	}
 	for {
-		leader, err := RemoteLeader(ctx, dial, addrs)
+		_, leader, err := RemoteLeader(ctx, dial, addrs)
 		if err == nil {
 			var typ wire.Type
 			typ, _, err = adminCall(ctx, dial, leader, code, id, address)
@@ -176,9 +174,9 @@ func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Co
 	}
 }
 
-// RemoteLeader returns the address of the leader that the nodes at addrs
-// know of, asking each in turn.
-func RemoteLeader(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) (string, error) {
+// RemoteLeader returns the ID and address of the leader that the nodes at
+// addrs know of, asking each in turn.
+func RemoteLeader(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) (uint64, string, error) {
 	var tried []string
 	for _, a := range addrs {
 		st, err := RemoteStatus(ctx, dial, a)
@@ -187,9 +185,58 @@ func RemoteLeader(ctx context.Context, dial func(context.Context, string) (net.C
 			continue
 		}
 		if st.LeaderAddress != "" {
-			return st.LeaderAddress, nil
+			return st.LeaderID, st.LeaderAddress, nil
 		}
 		tried = append(tried, a+": knows no leader")
 	}
-	return "", fmt.Errorf("%w: %v", errs.ErrNoLeader, tried)
+	return 0, "", fmt.Errorf("%w: %v", errs.ErrNoLeader, tried)
+}
+
+// MemberStatus is a member of the cluster as RemoteCluster found it.
+type MemberStatus struct {
+	Member
+	Status NodeStatus // its answer, when Err is nil
+	Err    error
+	Leader bool
+	// Lag is how far its applied index trails the leader's (each as it
+	// answered), when the leader answered.
+	Lag      uint64
+	LagKnown bool
+}
+
+// RemoteCluster asks the nodes at addrs for the cluster's members (a node
+// that knows a leader first), then every member for its status.
+func RemoteCluster(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) ([]MemberStatus, error) {
+	var members []Member
+	var tried []string
+	for _, a := range addrs {
+		st, err := RemoteStatus(ctx, dial, a)
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s: %v", a, err))
+			continue
+		}
+		members = st.Members
+		if st.LeaderAddress != "" {
+			break
+		}
+	}
+	if members == nil {
+		return nil, fmt.Errorf("dqlite: no member answered: %s", strings.Join(tried, "; "))
+	}
+	ms := make([]MemberStatus, len(members))
+	var leaderApplied uint64
+	leader := false
+	for i, m := range members {
+		ms[i].Member = m
+		ms[i].Status, ms[i].Err = RemoteStatus(ctx, dial, m.Address)
+		if st := ms[i].Status; ms[i].Err == nil && st.ID != 0 && st.LeaderID == st.ID {
+			ms[i].Leader, leader, leaderApplied = true, true, st.AppliedIndex
+		}
+	}
+	for i := range ms {
+		if leader && ms[i].Err == nil {
+			ms[i].Lag, ms[i].LagKnown = leaderApplied-min(leaderApplied, ms[i].Status.AppliedIndex), true
+		}
+	}
+	return ms, nil
 }

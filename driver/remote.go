@@ -46,13 +46,7 @@ var _ driver.Connector = (*RemoteConnector)(nil)
 // NewRemoteConnector returns a connector for database name of the cluster
 // whose nodes (some or all) listen at addrs.
 func NewRemoteConnector(addrs []string, name string, opts RemoteOptions) *RemoteConnector {
-	dial := opts.Dial
-	if dial == nil {
-		var d net.Dialer
-		dial = func(ctx context.Context, address string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", address)
-		}
-	}
+	dial := OrTCP(opts.Dial)
 	if opts.TLS != nil {
 		dial = DialTLS(dial, opts.TLS)
 	}
@@ -254,10 +248,7 @@ func (r remoteRows) ColumnTypeScanType(i int) reflect.Type { return r.rs.ColumnT
 // verifies the node's certificate against the host of the address it
 // dialed unless c names a ServerName.
 func DialTLS(dial func(ctx context.Context, address string) (net.Conn, error), c *tls.Config) func(ctx context.Context, address string) (net.Conn, error) {
-	if dial == nil {
-		var d net.Dialer
-		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
-	}
+	dial = OrTCP(dial)
 	return func(ctx context.Context, address string) (net.Conn, error) {
 		nc, err := dial(ctx, address)
 		if err != nil {
@@ -276,4 +267,13 @@ func DialTLS(dial func(ctx context.Context, address string) (net.Conn, error), c
 		}
 		return tc, nil
 	}
+}
+
+// OrTCP returns dial, or, when it is nil, a plain TCP dialer.
+func OrTCP(dial func(ctx context.Context, address string) (net.Conn, error)) func(ctx context.Context, address string) (net.Conn, error) {
+	if dial != nil {
+		return dial
+	}
+	var d net.Dialer
+	return func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
 }

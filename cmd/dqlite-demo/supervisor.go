@@ -246,54 +246,39 @@ func (s *supervisor) pump(ctx context.Context, d time.Duration, chaos bool) bool
 	}
 }
 
-// clusterStatus asks every node for its status (the client protocol's
-// status request, as the dqlite shell's .cluster does) and describes the
-// cluster in one line: each node's role, state, applied index and lag
-// behind the leader's.
+// clusterStatus describes the cluster in one line, from every member's
+// answer to the status request (driver.RemoteCluster, as the dqlite
+// shell's .cluster): the leader, each node's role, state, applied index and
+// lag behind the leader's.
 func (s *supervisor) clusterStatus(ctx context.Context) string {
-	type answer struct {
-		st  driver.NodeStatus
-		err error
+	var addrs []string
+	for _, l := range s.listeners {
+		addrs = append(addrs, l.Addr().String())
 	}
-	answers := make([]answer, len(s.listeners))
-	var leaderApplied uint64
-	leader := 0
-	for i, l := range s.listeners {
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := driver.RemoteStatus(sctx, nil, l.Addr().String())
-		cancel()
-		answers[i] = answer{st, err}
-		if err == nil && st.LeaderID == st.ID && st.ID != 0 {
-			leader, leaderApplied = i+1, st.AppliedIndex
-		}
-	}
-	var parts []string
-	for i, a := range answers {
-		if a.err != nil {
-			parts = append(parts, fmt.Sprintf("node %d down", i+1))
-			continue
-		}
-		role := "spare"
-		for _, m := range a.st.Members {
-			if m.ID == a.st.ID {
-				role = "standby"
-				if m.Voter {
-					role = "voter"
-				}
-			}
-		}
-		state, lag := "follower", "?"
-		if i+1 == leader {
-			state = "leader"
-		}
-		if leader != 0 {
-			lag = strconv.FormatUint(leaderApplied-min(leaderApplied, a.st.AppliedIndex), 10)
-		}
-		parts = append(parts, fmt.Sprintf("node %d %s %s applied %d lag %s", i+1, role, state, a.st.AppliedIndex, lag))
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ms, err := driver.RemoteCluster(sctx, nil, addrs)
+	if err != nil {
+		return "status: " + err.Error()
 	}
 	head := "no leader"
-	if leader != 0 {
-		head = fmt.Sprintf("leader node %d (term %d)", leader, answers[leader-1].st.Term)
+	var parts []string
+	for _, m := range ms {
+		if m.Err != nil {
+			parts = append(parts, fmt.Sprintf("node %d down", m.ID))
+			continue
+		}
+		role, state, lag := "standby", "follower", "?"
+		if m.Voter {
+			role = "voter"
+		}
+		if m.Leader {
+			state, head = "leader", fmt.Sprintf("leader node %d (term %d)", m.ID, m.Status.Term)
+		}
+		if m.LagKnown {
+			lag = strconv.FormatUint(m.Lag, 10)
+		}
+		parts = append(parts, fmt.Sprintf("node %d %s %s applied %d lag %s", m.ID, role, state, m.Status.AppliedIndex, lag))
 	}
 	return "status: " + head + "; " + strings.Join(parts, "; ")
 }

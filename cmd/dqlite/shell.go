@@ -85,7 +85,7 @@ func (sh *shell) interactive(in io.Reader) int {
 	t.History = loadHistory()
 	sh.out, sh.errOut = t, t // the terminal turns \n into \r\n in raw mode
 	fmt.Fprintf(t, "dqlite shell: %s, database %s. Enter .help for help.\n", strings.Join(sh.addrs, ","), orNone(sh.name))
-	if leader, err := dqdriver.RemoteLeader(sh.ctx, sh.dial, sh.addrs); err != nil {
+	if _, leader, err := dqdriver.RemoteLeader(sh.ctx, sh.dial, sh.addrs); err != nil {
 		fmt.Fprintf(t, "Warning: %v\n", err)
 	} else {
 		fmt.Fprintf(t, "leader: %s\n", leader)
@@ -469,75 +469,43 @@ func (sh *shell) needDB() bool {
 }
 
 func (sh *shell) leader(ctx context.Context) {
-	for _, a := range sh.addrs {
-		st, err := dqdriver.RemoteStatus(ctx, sh.dial, a)
-		if err != nil {
-			continue
-		}
-		if st.LeaderAddress == "" {
-			continue
-		}
-		fmt.Fprintf(sh.out, "%d %s\n", st.LeaderID, st.LeaderAddress)
+	id, addr, err := dqdriver.RemoteLeader(ctx, sh.dial, sh.addrs)
+	if err != nil {
+		sh.fail(err)
 		return
 	}
-	sh.fail(fmt.Errorf("no leader known to %s", strings.Join(sh.addrs, ", ")))
+	fmt.Fprintf(sh.out, "%d %s\n", id, addr)
 }
 
 // cluster prints every member, asking each for its own state.
 func (sh *shell) cluster(ctx context.Context) {
-	var members []dqdriver.Member
-	var errs []string
-	for _, a := range sh.addrs {
-		st, err := dqdriver.RemoteStatus(ctx, sh.dial, a)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", a, err))
-			continue
-		}
-		members = st.Members
-		if st.LeaderAddress != "" {
-			break
-		}
-	}
-	if members == nil {
-		sh.fail(fmt.Errorf("no member answered: %s", strings.Join(errs, "; ")))
+	ms, err := dqdriver.RemoteCluster(ctx, sh.dial, sh.addrs)
+	if err != nil {
+		sh.fail(err)
 		return
 	}
-	type row struct {
-		m   dqdriver.Member
-		st  dqdriver.NodeStatus
-		err error
-	}
-	var rs []row
-	var leaderApplied uint64
-	var leaderID uint64
-	for _, m := range members {
-		st, err := dqdriver.RemoteStatus(ctx, sh.dial, m.Address)
-		rs = append(rs, row{m, st, err})
-		if err == nil && st.LeaderID == st.ID && st.ID != 0 {
-			leaderApplied, leaderID = st.AppliedIndex, st.ID
-		}
-	}
 	tw := [][]string{{"ID", "ADDRESS", "ROLE", "STATE", "APPLIED", "LAG"}}
-	for _, r := range rs {
+	leader := false
+	for _, m := range ms {
 		role := "voter"
-		if !r.m.Voter {
+		if !m.Voter {
 			role = "nonvoter"
 		}
 		state, applied, lag := "unreachable", "-", "-"
-		if r.err == nil {
+		if m.Err == nil {
 			state = "follower"
-			if r.m.ID == leaderID {
-				state = "leader"
+			if m.Leader {
+				state, leader = "leader", true
 			}
-			applied = strconv.FormatUint(r.st.AppliedIndex, 10)
-			if leaderID != 0 {
-				lag = strconv.FormatUint(leaderApplied-min(leaderApplied, r.st.AppliedIndex), 10)
-			}
+			applied = strconv.FormatUint(m.Status.AppliedIndex, 10)
 		}
-		tw = append(tw, []string{strconv.FormatUint(r.m.ID, 10), r.m.Address, role, state, applied, lag})
+		if m.LagKnown {
+			lag = strconv.FormatUint(m.Lag, 10)
+		}
+		tw = append(tw, []string{strconv.FormatUint(m.ID, 10), m.Address, role, state, applied, lag})
 	}
 	printTable(sh.out, tw)
-	if leaderID == 0 {
+	if !leader {
 		fmt.Fprintln(sh.out, "no leader")
 	}
 }
