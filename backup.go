@@ -132,6 +132,7 @@ func (n *Node) Restore(ctx context.Context, name string, r io.Reader) error {
 	}
 	path := tmp.Name()
 	defer os.Remove(path)
+	defer os.Remove(path + "-shm") // of a WAL-mode file, read
 	_, err = io.Copy(tmp, r)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -174,7 +175,7 @@ func restoreInto(ctx context.Context, src *sqlite3.Conn, db *sql.DB) error {
 		return err
 	}
 	defer tx.Rollback()
-	if err := sqldump.Replace(ctx, sqldump.Raw(src), sqldump.SQL(tx), tx); err != nil {
+	if err := sqldump.Replace(ctx, sqldump.Raw(src), tx); err != nil {
 		return fmt.Errorf("dqlite: restore: %w", err)
 	}
 	return tx.Commit()

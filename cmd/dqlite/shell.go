@@ -641,7 +641,7 @@ func (sh *shell) restore(path string) {
 		return
 	}
 	defer tx.Rollback()
-	if err := dump.Replace(sh.ctx, dump.Raw(src), dump.SQL(tx), tx); err != nil {
+	if err := dump.Replace(sh.ctx, dump.Raw(src), tx); err != nil {
 		sh.fail(fmt.Errorf("restore: %w", sh.connErr(err)))
 		return
 	}

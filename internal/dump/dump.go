@@ -100,8 +100,8 @@ func (s rawSource) Rows(ctx context.Context, query string, args []any, fn func([
 	return st.Err()
 }
 
-// Ident quotes an SQL identifier.
-func Ident(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+// ident quotes an SQL identifier.
+func ident(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
 
 // object is a row of sqlite_schema.
 type object struct{ typ, name, table, sql string }
@@ -163,7 +163,7 @@ func Statements(ctx context.Context, src Source, emit func(stmt string) error) e
 	}
 	for _, name := range shadows {
 		// The virtual table wrote its own rows there when created.
-		if err := emit("DELETE FROM " + Ident(name)); err != nil {
+		if err := emit("DELETE FROM " + ident(name)); err != nil {
 			return err
 		}
 		if err := rows(ctx, src, name, !withoutRowid[name], emit); err != nil {
@@ -239,7 +239,7 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 	rowid = alias != ""
 	var sel, ins strings.Builder
 	sel.WriteString("SELECT ")
-	ins.WriteString("INSERT INTO " + Ident(table) + "(")
+	ins.WriteString("INSERT INTO " + ident(table) + "(")
 	if rowid {
 		sel.WriteString("quote(" + alias + "), ")
 		ins.WriteString(alias + ", ")
@@ -249,10 +249,10 @@ func rows(ctx context.Context, src Source, table string, rowid bool, emit func(s
 			sel.WriteString(", ")
 			ins.WriteString(", ")
 		}
-		sel.WriteString(literal(Ident(c)))
-		ins.WriteString(Ident(c))
+		sel.WriteString(literal(ident(c)))
+		ins.WriteString(ident(c))
 	}
-	sel.WriteString(" FROM " + Ident(table))
+	sel.WriteString(" FROM " + ident(table))
 	if rowid {
 		sel.WriteString(" ORDER BY " + alias)
 	}
@@ -315,18 +315,20 @@ func Write(ctx context.Context, src Source, w io.Writer) error {
 	return err
 }
 
-// Execer runs a statement: a transaction of the database being replaced.
-type Execer interface {
+// Tx is a write transaction of the database being replaced (*sql.Tx).
+type Tx interface {
+	Querier
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-// Replace makes the database that dst writes (in one transaction, which
-// the caller commits) hold what src reads, and nothing else: it drops
-// every table, index, trigger and view of dst, then recreates src's.
-// Foreign keys are checked at the commit (PRAGMA defer_foreign_keys).
-func Replace(ctx context.Context, src Source, dst Source, exec Execer) error {
+// Replace makes the database that tx writes (the caller commits it) hold
+// what src reads, and nothing else: it drops every table, index, trigger
+// and view of tx's database, then recreates src's. Foreign keys are
+// checked at the commit (PRAGMA defer_foreign_keys).
+func Replace(ctx context.Context, src Source, tx Tx) error {
+	dst := SQL(tx)
 	run := func(s string) error {
-		if _, err := exec.ExecContext(ctx, s); err != nil {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("%.200s: %w", s, err)
 		}
 		return nil
@@ -347,19 +349,19 @@ func Replace(ctx context.Context, src Source, dst Source, exec Execer) error {
 	for _, pass := range []func(o object) string{
 		func(o object) string {
 			if o.typ == "view" || o.typ == "trigger" {
-				return "DROP " + strings.ToUpper(o.typ) + " IF EXISTS " + Ident(o.name)
+				return "DROP " + strings.ToUpper(o.typ) + " IF EXISTS " + ident(o.name)
 			}
 			return ""
 		},
 		func(o object) string {
 			if o.typ == "table" && kind[o.name] == "virtual" {
-				return "DROP TABLE IF EXISTS " + Ident(o.name)
+				return "DROP TABLE IF EXISTS " + ident(o.name)
 			}
 			return ""
 		},
 		func(o object) string {
 			if o.typ == "table" && kind[o.name] == "table" && !strings.HasPrefix(o.name, "sqlite_") {
-				return "DROP TABLE IF EXISTS " + Ident(o.name)
+				return "DROP TABLE IF EXISTS " + ident(o.name)
 			}
 			return ""
 		},

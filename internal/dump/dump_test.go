@@ -42,7 +42,7 @@ func replace(t *testing.T, srcPath string, dst *sql.DB) error {
 		return err
 	}
 	defer tx.Rollback()
-	if err := Replace(ctx, Raw(src), SQL(tx), tx); err != nil {
+	if err := Replace(ctx, Raw(src), tx); err != nil {
 		return err
 	}
 	return tx.Commit()
