@@ -117,16 +117,9 @@ func splitInput(text string) []string {
 	var out []string
 	var sp splitter
 	for _, line := range strings.Split(text, "\n") {
-		if !sp.pending() && strings.HasPrefix(strings.TrimSpace(line), ".") {
-			out = append(out, strings.TrimSpace(line))
-			continue
-		}
-		out = append(out, sp.add(line)...)
+		out = append(out, sp.line(line)...)
 	}
-	if sp.pending() {
-		out = append(out, strings.TrimSpace(sp.buf.String()))
-	}
-	return out
+	return append(out, sp.rest()...)
 }
 
 func loadTLS(cert, key, ca string) (*tls.Config, error) {

@@ -126,8 +126,11 @@ func (sh *shell) script(r io.Reader) int {
 			break
 		}
 	}
-	if sp.pending() && !sh.quit {
-		sh.do(strings.TrimSpace(sp.buf.String()))
+	for _, stmt := range sp.rest() {
+		if sh.quit {
+			break
+		}
+		sh.do(stmt)
 	}
 	return sh.status()
 }
@@ -135,11 +138,7 @@ func (sh *shell) script(r io.Reader) int {
 // line takes one line of input: a dot command (outside a statement) or a
 // part of SQL, run once a statement is whole.
 func (sh *shell) line(sp *splitter, line string) {
-	if !sp.pending() && strings.HasPrefix(strings.TrimSpace(line), ".") {
-		sh.do(strings.TrimSpace(line))
-		return
-	}
-	for _, stmt := range sp.add(line) {
+	for _, stmt := range sp.line(line) {
 		if !sh.do(stmt) {
 			return
 		}

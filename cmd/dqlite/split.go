@@ -62,6 +62,25 @@ func onlyComments(s string) bool {
 	}
 }
 
+// line takes a line of input: a dot command (outside a statement), or a
+// part of SQL; it returns what is whole to run.
+func (s *splitter) line(line string) []string {
+	if !s.pending() && strings.HasPrefix(strings.TrimSpace(line), ".") {
+		return []string{strings.TrimSpace(line)}
+	}
+	return s.add(line)
+}
+
+// rest returns, at the end of input, an unfinished statement to run as it
+// is (SQLite then says what it lacks).
+func (s *splitter) rest() []string {
+	if !s.pending() {
+		return nil
+	}
+	defer s.reset()
+	return []string{strings.TrimSpace(s.buf.String())}
+}
+
 // pending reports whether an unfinished statement is buffered.
 func (s *splitter) pending() bool { return s.buf.Len() > 0 }
 
