@@ -9,6 +9,24 @@ import (
 // leaves it (its mark in the lock file; the log emptied or not), run
 // Recover again, start the nodes and check the cluster.
 
+// oneRowStopped starts 3 nodes, commits a row to a.db, runs before (if
+// given) and stops every node; the outcome has the row acknowledged.
+func oneRowStopped(t *testing.T, before func(c *cluster, l int)) (*cluster, *outcome) {
+	t.Helper()
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
+	o := newOutcome()
+	o.record(1, nil)
+	if before != nil {
+		before(c, l)
+	}
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	return c, o
+}
+
 // interrupt marks dir as a recovery for members under way.
 func interrupt(t *testing.T, dir string, id NodeID, members []Peer) {
 	t.Helper()
@@ -30,14 +48,7 @@ func recoverNode(t *testing.T, c *cluster, i int, members []Peer) error {
 // TestRecover_RerunAfterLogEmptied: killed after the log was emptied, before
 // the mark was removed; the new membership is then the directory's own.
 func TestRecover_RerunAfterLogEmptied(t *testing.T) {
-	c := newCluster(t, 3)
-	l := c.waitLeader()
-	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
-	o := newOutcome()
-	o.record(1, nil)
-	for i := range c.nodes {
-		c.stop(i)
-	}
+	c, o := oneRowStopped(t, nil)
 	c.nodes = c.nodes[:1]
 	members := []Peer{{ID: 1, Address: c.cfgs[0].Address}}
 	if err := recoverNode(t, c, 0, members); err != nil {
@@ -58,20 +69,14 @@ func TestRecover_RerunAfterLogEmptied(t *testing.T) {
 // TestRecover_NothingAfterSnapshot: a log with no entry after the latest
 // snapshot (a quiet cluster that just took one).
 func TestRecover_NothingAfterSnapshot(t *testing.T) {
-	c := newCluster(t, 3)
-	l := c.waitLeader()
-	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
-	o := newOutcome()
-	o.record(1, nil)
-	if err := c.nodes[0].WaitApplied(context.Background(), c.nodes[l].AppliedIndex()); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.nodes[0].raft.Snapshot().Error(); err != nil {
-		t.Fatal(err)
-	}
-	for i := range c.nodes {
-		c.stop(i)
-	}
+	c, o := oneRowStopped(t, func(c *cluster, l int) {
+		if err := c.nodes[0].WaitApplied(context.Background(), c.nodes[l].AppliedIndex()); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.nodes[0].raft.Snapshot().Error(); err != nil {
+			t.Fatal(err)
+		}
+	})
 	c.nodes = c.nodes[:1]
 	if err := recoverNode(t, c, 0, []Peer{{ID: 1, Address: c.cfgs[0].Address}}); err != nil {
 		t.Fatalf("Recover: %v", err)
@@ -87,14 +92,7 @@ func TestRecover_NothingAfterSnapshot(t *testing.T) {
 // now up, must not make the re-run refuse.
 func TestRecover_RerunWithPeerStarted(t *testing.T) {
 	for _, completed := range []bool{true, false} {
-		c := newCluster(t, 3)
-		l := c.waitLeader()
-		mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
-		o := newOutcome()
-		o.record(1, nil)
-		for i := range c.nodes {
-			c.stop(i)
-		}
+		c, o := oneRowStopped(t, nil)
 		c.nodes = c.nodes[:2]
 		members := []Peer{{ID: 1, Address: c.cfgs[0].Address}, {ID: 2, Address: c.cfgs[1].Address}}
 		if completed {

@@ -208,14 +208,7 @@ func TestRecover_Refusals(t *testing.T) {
 // (the mark Recover leaves while the files may hold uncommitted entries),
 // and running Recover again completes it.
 func TestRecover_SkippedEntryAndInterruption(t *testing.T) {
-	c := newCluster(t, 3)
-	l := c.waitLeader()
-	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x); INSERT INTO t VALUES (1)`)
-	o := newOutcome()
-	o.record(1, nil)
-	for i := range c.nodes {
-		c.stop(i)
-	}
+	c, o := oneRowStopped(t, nil)
 	cfg := c.cfgs[0].withDefaults()
 	store, err := openLogStore(cfg, newHclog(cfg.Logger))
 	if err != nil {
