@@ -208,7 +208,12 @@ func TestRecover_Refusals(t *testing.T) {
 // (the mark Recover leaves while the files may hold uncommitted entries),
 // and running Recover again completes it.
 func TestRecover_SkippedEntryAndInterruption(t *testing.T) {
-	c, o := oneRowStopped(t, nil)
+	c, o := oneRowStopped(t, func(c *cluster, l int) {
+		// Node 1's log must hold the row's entry, which it then rewrites.
+		if err := c.nodes[0].WaitApplied(context.Background(), c.nodes[l].AppliedIndex()); err != nil {
+			t.Fatal(err)
+		}
+	})
 	cfg := c.cfgs[0].withDefaults()
 	store, err := openLogStore(cfg, newHclog(cfg.Logger))
 	if err != nil {
