@@ -9,6 +9,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/godqlite/dqlite/internal/errs"
 )
 
@@ -151,6 +153,23 @@ type Config struct {
 	// LoadTLS builds one from PEM files. TLS applies on top of Listener
 	// and Dial when those are set too.
 	TLS *tls.Config
+	// Metrics, when set, is where the node registers its Prometheus
+	// metrics (all named dqlite_*, labelled with node="ID"): commits and
+	// failures by cause, commit latency, statements run locally and
+	// forwarded, reads by level, Raft state changes, apply lag, snapshot
+	// and checkpoint durations and sizes, database and WAL sizes. The node
+	// unregisters them when it closes. Default: no metrics.
+	Metrics prometheus.Registerer
+	// HTTPAddress, when set, is where the node serves its HTTP/JSON API:
+	// /db/execute and /db/query (shaped like rqlite's), /status, /readyz
+	// and /metrics (Config.Metrics when it is a prometheus.Gatherer, such
+	// as a *prometheus.Registry, else the node's own metrics). A host left
+	// out (":4001") means 127.0.0.1: the API is for this machine unless
+	// told otherwise. With TLS set, it is served over TLS and refuses
+	// clients without a certificate the CAs signed. Without TLS it has
+	// no authentication: keep it on loopback. Port 0 picks a free port
+	// (Node.HTTPAddress says which). Default: off.
+	HTTPAddress string
 
 	hooks *hooks // fault injection for tests; nil otherwise
 }
@@ -231,6 +250,11 @@ func (c Config) Validate() error {
 	}
 	if c.Dir == "" {
 		add("Dir is required")
+	}
+	if c.HTTPAddress != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddress); err != nil {
+			add("HTTPAddress %q is not host:port: %v", c.HTTPAddress, err)
+		}
 	}
 	if c.ApplyTimeout < 0 {
 		add("ApplyTimeout %v is negative", c.ApplyTimeout)

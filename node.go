@@ -19,6 +19,7 @@ import (
 	"github.com/godqlite/dqlite/driver"
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/fsm"
+	"github.com/godqlite/dqlite/internal/metrics"
 )
 
 // Node is one member of a dqlite cluster: a Raft peer that holds a copy of
@@ -44,6 +45,8 @@ type Node struct {
 	serveCtx   context.Context // of client protocol sessions; cancelled by Close
 	stopServe  context.CancelFunc
 	writeFloor atomic.Uint64 // highest index of a write forwarded through this node
+	metrics    *metrics.Set  // nil when metrics are off
+	http       *httpAPI      // nil when the HTTP API is off
 
 	mu       sync.Mutex
 	closed   bool
@@ -120,7 +123,15 @@ func New(cfg Config) (*Node, error) {
 				ErrNeedsRecovery, cfg.Dir, strings.Join(files, ", ")))
 		}
 	}
+	n.metrics = n.newMetrics()
+	if n.metrics != nil && cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(n.metrics); err != nil {
+			return fail(fmt.Errorf("register metrics: %w", err))
+		}
+		cleanup = append(cleanup, n.stopMetrics)
+	}
 	n.fsm, err = fsm.New(cfg.Dir, fsm.Options{
+		Metrics:          n.metrics,
 		NodeID:           uint64(cfg.ID),
 		MaxTxSize:        cfg.MaxTxSize,
 		CheckpointFrames: uint32(cfg.CheckpointFrames),
@@ -175,6 +186,12 @@ func New(cfg Config) (*Node, error) {
 		driver.Serve(n.serveCtx, c, backend{n})
 	}
 	stream.start()
+	if err := n.listenHTTP(); err != nil {
+		return fail(err)
+	}
+	if n.http != nil {
+		cleanup = append(cleanup, func() { n.http.ln.Close() })
+	}
 	// No pipelined replication (MaxRPCsInFlight 1): in hashicorp/raft
 	// v1.7.3 a follower that refuses an append can leave the leader's
 	// pipeline to it stuck for good, heartbeats still flowing, and the
@@ -224,9 +241,11 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.watchLeadership()
+	n.watchRaftState()
 	n.unregister = driver.RegisterBackend(n.Address(), backend{n})
 	n.upOK.Store(true)
 	close(n.up)
+	n.serveHTTP()
 	return n, nil
 }
 
@@ -710,6 +729,9 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	n.unregister()
 	n.stopServe()
+	if n.http != nil {
+		n.http.close()
+	}
 	close(n.done)
 	n.fsm.Stop()
 	if s, ok := n.store.(interface{ stop() }); ok {
@@ -722,6 +744,7 @@ func (n *Node) Close() error {
 	n.stream.closeConns()
 	err := shutdown.Error()
 	n.wg.Wait()
+	n.stopMetrics()
 	return errors.Join(err, n.trans.Close(), n.fsm.Close(), n.store.Close(), n.lock.Close())
 }
 
@@ -771,6 +794,8 @@ func (b backend) NoteWrite(index uint64) {
 }
 
 func (b backend) WriteFloor() uint64 { return b.n.writeFloor.Load() }
+
+func (b backend) Metrics() *metrics.Set { return b.n.metrics }
 
 // readIndex returns, on the ready leader, the index of the last entry it
 // applied, once a heartbeat round to a quorum confirmed that it still

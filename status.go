@@ -25,48 +25,54 @@ const (
 
 // Status is a node's view of itself and of the cluster, at one moment.
 type Status struct {
-	ID      NodeID
-	Address string
-	Role    Role
+	ID      NodeID `json:"id"`
+	Address string `json:"address"`
+	Role    Role   `json:"role"`
 	// State is Raft's: "Leader", "Follower", "Candidate" or "Shutdown".
-	State string
+	State string `json:"state"`
 	// Ready: the leader, with every entry of earlier terms applied: it
 	// takes writes.
-	Ready         bool
-	Term          uint64
-	LeaderID      NodeID // 0 when no leader is known
-	LeaderAddress string
+	Ready         bool   `json:"ready"`
+	Term          uint64 `json:"term"`
+	LeaderID      NodeID `json:"leader_id"` // 0 when no leader is known
+	LeaderAddress string `json:"leader_address"`
 	// CommitIndex is the last Raft entry this node knows to be committed
 	// (a follower learns it from the leader's appends, within
 	// milliseconds); AppliedIndex the last it applied; Lag the entries
 	// between them: how far its reads trail the leader's commits. The
 	// Raft log holds entries up to LastIndex; SnapshotIndex is the latest
 	// snapshot's.
-	CommitIndex, AppliedIndex, Lag, LastIndex, SnapshotIndex uint64
-	Members                                                  []Member
-	Databases                                                []DatabaseStatus
+	CommitIndex   uint64           `json:"commit_index"`
+	AppliedIndex  uint64           `json:"applied_index"`
+	Lag           uint64           `json:"lag"`
+	LastIndex     uint64           `json:"last_index"`
+	SnapshotIndex uint64           `json:"snapshot_index"`
+	Members       []Member         `json:"members"`
+	Databases     []DatabaseStatus `json:"databases"`
 }
 
 // Member is a member of the cluster's configuration.
 type Member struct {
-	ID      NodeID
-	Address string
-	Role    Role
+	ID      NodeID `json:"id"`
+	Address string `json:"address"`
+	Role    Role   `json:"role"`
 }
 
 // DatabaseStatus describes one database on a node.
 type DatabaseStatus struct {
-	Name string
+	Name string `json:"name"`
 	// Size of the database file in bytes, and of its WAL; WALFrames is the
 	// WAL's committed frames (those not yet checkpointed included).
-	Size, WALSize int64
-	WALFrames     uint32
+	Size      int64  `json:"size"`
+	WALSize   int64  `json:"wal_size"`
+	WALFrames uint32 `json:"wal_frames"`
 	// AppliedIndex is the Raft index of the last transaction of this
 	// database the node's files hold; SnapshotIndex the one the latest
 	// snapshot holds (0 when it holds none).
-	AppliedIndex, SnapshotIndex uint64
+	AppliedIndex  uint64 `json:"applied_index"`
+	SnapshotIndex uint64 `json:"snapshot_index"`
 	// Failed is why the node stopped serving the database, or "".
-	Failed string
+	Failed string `json:"failed,omitempty"`
 }
 
 // Status returns the node's status. It costs a few system calls per

@@ -402,6 +402,7 @@ func keywords(query string, n int) []string {
 // statement before it runs. With arguments, database/sql prepares instead.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if c.routeExec(query, len(args) != 0) {
+		c.backend.Metrics().Statement(true)
 		return c.forwardExec(ctx, query, args)
 	}
 	if len(args) != 0 {
@@ -419,6 +420,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	defer c.leave()
+	c.backend.Metrics().Statement(false)
 	if old := c.raw.SetInterrupt(ctx); old != ctx {
 		defer c.raw.SetInterrupt(old)
 	}
@@ -541,6 +543,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		}
 		return tx{c, ctx}, nil
 	}
+	c.backend.Metrics().Read(levelOf(ctx, c.opts.ReadLevel).String())
 	if err := c.readBarrier(ctx); err != nil {
 		return nil, err
 	}

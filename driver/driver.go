@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/metrics"
 )
 
 // Backend is what the driver needs from a node. *dqlite.Node provides one;
@@ -66,6 +67,8 @@ type Backend interface {
 	// for.
 	NoteWrite(index uint64)
 	WriteFloor() uint64
+	// Metrics returns the node's metrics (nil when they are off).
+	Metrics() *metrics.Set
 }
 
 // Aborter is a connection as the node sees it.

@@ -130,6 +130,7 @@ func (s *stmt) before(ctx context.Context, args []driver.NamedValue) (onLeader b
 		s.s, s.readOnly, s.kind = st, st.ReadOnly() && !beginsWriteTx(s.query), firstKeyword(s.query)
 	}
 	if s.readOnly && !s.c.inTx {
+		s.c.backend.Metrics().Read(levelOf(ctx, s.c.opts.ReadLevel).String())
 		if err := s.c.readBarrier(ctx); err != nil {
 			s.c.mu.Unlock()
 			return false, err
@@ -203,6 +204,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if err != nil {
 		return nil, err
 	}
+	s.c.backend.Metrics().Statement(onLeader)
 	c := s.c
 	if onLeader {
 		defer c.mu.Unlock()
@@ -249,6 +251,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
+	s.c.backend.Metrics().Statement(onLeader)
 	defer s.c.mu.Unlock()
 	if onLeader {
 		c := s.c

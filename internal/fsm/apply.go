@@ -220,9 +220,13 @@ func (d *DB) maybeCheckpoint() {
 	defer d.apply.BusyTimeout(time.Second)
 	crashpoint.Hit("checkpoint-start")
 	during := crashpoint.During("checkpoint-backfill", d.path)
+	start := time.Now()
 	_, _, err = d.apply.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
 	during()
-	if err != nil && !errors.Is(err, sqlite3.BUSY) {
+	switch {
+	case err == nil:
+		d.opts.Metrics.Checkpoint(time.Since(start), int(hdr.MaxFrame))
+	case !errors.Is(err, sqlite3.BUSY):
 		d.opts.Logger.Warn("checkpoint failed", "database", d.Name, "err", err)
 	}
 }

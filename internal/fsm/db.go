@@ -18,6 +18,7 @@ import (
 
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/faults"
+	"github.com/godqlite/dqlite/internal/metrics"
 	"github.com/godqlite/dqlite/internal/vfs"
 	"github.com/godqlite/dqlite/wal"
 )
@@ -49,6 +50,8 @@ type Options struct {
 	// SnapshotIndex, if set, returns the Raft index of the snapshot that
 	// Restore is installing (the store's latest).
 	SnapshotIndex func() uint64
+	// Metrics, if set, records commits, snapshots and checkpoints.
+	Metrics *metrics.Set
 
 	hooks    *atomic.Pointer[testHooks] // see FSM.SetAfterCommit and SetBeforeBatch
 	done     *doneIndex                 // the FSM's applied index

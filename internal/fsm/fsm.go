@@ -40,6 +40,7 @@ import (
 	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/crashpoint"
 	"github.com/godqlite/dqlite/internal/errs"
+	"github.com/godqlite/dqlite/internal/metrics"
 	"github.com/godqlite/dqlite/wal"
 )
 
@@ -525,8 +526,10 @@ type dbSnapshot struct {
 type snapshot struct {
 	dbs       []dbSnapshot
 	logger    *slog.Logger
+	metrics   *metrics.Set
 	start     time.Time
 	pages     int64 // written by Persist
+	bytes     int64 // of those pages
 	persisted bool  // and stored: the changed pages are in the store
 }
 
@@ -547,7 +550,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, fmt.Errorf("%w: replaying the log up to index %d, which the files held at start (at %d)",
 			errCatchingUp, held, last)
 	}
-	s := &snapshot{logger: f.opts.Logger, start: time.Now()}
+	s := &snapshot{logger: f.opts.Logger, metrics: f.opts.Metrics, start: time.Now()}
 	for _, d := range f.Databases() {
 		if err := d.Failed(); err != nil {
 			// Its files miss entries: a snapshot must not claim them.
@@ -652,6 +655,7 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 		return err
 	}
 	s.persisted = true
+	s.metrics.Snapshot(time.Since(s.start), s.bytes)
 	s.logger.Info("snapshot taken", "id", sink.ID(), "databases", len(s.dbs), "pages", s.pages,
 		"took", time.Since(s.start).Round(time.Microsecond).String())
 	return nil
@@ -680,6 +684,7 @@ func (s *snapshot) write(w io.Writer) error {
 		}
 		ds.release()
 		s.pages += int64(h.count)
+		s.bytes += int64(h.count) * int64(d.pageSize)
 	}
 	return writeStreamEnd(w)
 }

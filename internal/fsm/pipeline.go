@@ -40,6 +40,7 @@ type ptx struct {
 	proposed  bool
 	done      chan struct{} // closed once resolved: err is set
 	err       error
+	start     time.Time // when its commit frame reached the pipeline
 }
 
 // pipeStats counts the leader's Frames entries and the transactions in them.
@@ -68,11 +69,13 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	if tx.Overflow {
 		err := fmt.Errorf("%w: it wrote %d bytes of pages, the limit is %d", errs.ErrTxTooLarge, tx.Size, d.opts.MaxTxSize)
 		d.setErr(conn, err)
+		d.opts.Metrics.Failure(err)
 		return err
 	}
 	if d.opts.CheckWrite != nil {
 		if err := d.opts.CheckWrite(); err != nil {
 			d.setErr(conn, err)
+			d.opts.Metrics.Failure(err)
 			return err
 		}
 	}
@@ -101,6 +104,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	}
 	if err != nil {
 		d.errs[conn] = err
+		d.opts.Metrics.Failure(err)
 		return err
 	}
 	d.confirmLocked(prev, true)
@@ -109,6 +113,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 		err := fmt.Errorf("%w: wal-index moved under queued transactions", errs.ErrDiverged)
 		d.failLocked(err)
 		d.errs[conn] = err
+		d.opts.Metrics.Failure(err)
 		return err
 	}
 	h := prev
@@ -125,7 +130,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	if len(d.queue) == 0 {
 		d.base = prev
 	}
-	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, hdr: h, done: make(chan struct{})}
+	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, hdr: h, done: make(chan struct{}), start: time.Now()}
 	d.queue = append(d.queue, t)
 	d.last[conn] = t
 	d.written.Store(t.seq)
@@ -161,6 +166,7 @@ func (d *DB) confirmLocked(cur wal.IndexHeader, next bool) {
 func (d *DB) resolveLocked(t *ptx, index uint64, err error) {
 	t.err = err
 	close(t.done)
+	d.opts.Metrics.Commit(t.start, err)
 	if err == nil {
 		d.commits[t.conn] = index
 	}

@@ -1,0 +1,493 @@
+package dqlite
+
+import (
+	"context"
+	"crypto/tls"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/godqlite/dqlite/driver"
+)
+
+// The HTTP/JSON API (Config.HTTPAddress), shaped like rqlite's:
+//
+//	POST /db/execute?db=NAME[&transaction]   body: statements
+//	POST /db/query?db=NAME[&level=L][&after=I][&associative]   body: statements
+//	GET  /db/query?db=NAME&q=SELECT…[&level=L]
+//	GET  /status   GET /readyz   GET /metrics
+//
+// A statement is a JSON string, or an array of the SQL and its arguments
+// (["INSERT INTO t VALUES(?, ?)", 1, "x"]), or of the SQL and an object of
+// named arguments (["… :a", {"a": 1}]).
+
+// DefaultHTTPDatabase is the database of requests that name none.
+const DefaultHTTPDatabase = "main"
+
+type httpAPI struct {
+	n   *Node
+	srv *http.Server
+	ln  net.Listener
+
+	mu  sync.Mutex
+	dbs map[string]*sql.DB
+}
+
+// listenHTTP listens on Config.HTTPAddress (a host left out means
+// 127.0.0.1); serveHTTP serves the API there until Close.
+func (n *Node) listenHTTP() error {
+	addr := n.cfg.HTTPAddress
+	if addr == "" {
+		return nil
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+		addr = net.JoinHostPort("127.0.0.1", port)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("http: listen on %s: %w", addr, err)
+	}
+	if n.cfg.TLS != nil {
+		ln = tls.NewListener(ln, serverTLS(n.cfg.TLS))
+	}
+	a := &httpAPI{n: n, ln: ln, dbs: map[string]*sql.DB{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/db/execute", a.execute)
+	mux.HandleFunc("/db/query", a.query)
+	mux.HandleFunc("/status", a.status)
+	mux.HandleFunc("/readyz", a.readyz)
+	var g prometheus.Gatherer
+	if rg, ok := n.cfg.Metrics.(prometheus.Gatherer); ok {
+		g = rg
+	} else {
+		r := prometheus.NewRegistry()
+		r.MustRegister(n.metrics)
+		g = r
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return n.serveCtx }}
+	n.http = a
+	return nil
+}
+
+func (n *Node) serveHTTP() {
+	a := n.http
+	if a == nil {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := a.srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.cfg.Logger.Warn("http api stopped", "err", err)
+		}
+	}()
+}
+
+// HTTPAddress returns the address the HTTP API listens on, or "" when it
+// is off.
+func (n *Node) HTTPAddress() string {
+	if n.http == nil {
+		return ""
+	}
+	return n.http.ln.Addr().String()
+}
+
+func (a *httpAPI) close() {
+	a.srv.Close()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, db := range a.dbs {
+		db.Close()
+	}
+}
+
+// db returns the *sql.DB of the request's database. A query does not
+// create it.
+func (a *httpAPI) db(ctx context.Context, name string, create bool) (*sql.DB, error) {
+	if name == "" {
+		name = DefaultHTTPDatabase
+	}
+	a.mu.Lock()
+	db := a.dbs[name]
+	a.mu.Unlock()
+	if db != nil {
+		return db, nil
+	}
+	if err := a.n.fsm.CheckName(name); err != nil {
+		return nil, err
+	}
+	if !create && a.n.fsm.Database(name) == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNoDatabase, name)
+	}
+	db, err := a.n.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old := a.dbs[name]; old != nil {
+		db.Close()
+		return old, nil
+	}
+	a.dbs[name] = db
+	return db, nil
+}
+
+type stmtReq struct {
+	SQL  string
+	Args []any
+}
+
+// readStatements decodes the request's statements: the body of a POST,
+// or q of a GET.
+func (a *httpAPI) readStatements(w http.ResponseWriter, r *http.Request) ([]stmtReq, error) {
+	if r.Method == http.MethodGet {
+		if q := r.URL.Query()["q"]; len(q) > 0 {
+			out := make([]stmtReq, len(q))
+			for i, s := range q {
+				out[i].SQL = s
+			}
+			return out, nil
+		}
+		return nil, httpError{http.StatusBadRequest, errors.New("a GET needs the statement in q")}
+	}
+	if r.Method != http.MethodPost {
+		return nil, httpError{http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed", r.Method)}
+	}
+	body := http.MaxBytesReader(w, r.Body, a.n.cfg.MaxTxSize)
+	dec := json.NewDecoder(body)
+	dec.UseNumber()
+	var raw []json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, httpError{http.StatusRequestEntityTooLarge,
+				fmt.Errorf("request body larger than %d bytes (Config.MaxTxSize)", tooBig.Limit)}
+		}
+		return nil, httpError{http.StatusBadRequest, fmt.Errorf("body is not a JSON array of statements: %v", err)}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, httpError{http.StatusBadRequest, errors.New("body holds more than one JSON value")}
+	}
+	if len(raw) == 0 {
+		return nil, httpError{http.StatusBadRequest, errors.New("no statements")}
+	}
+	out := make([]stmtReq, len(raw))
+	for i, m := range raw {
+		s, err := parseStatement(m)
+		if err != nil {
+			return nil, httpError{http.StatusBadRequest, fmt.Errorf("statement %d: %v", i, err)}
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
+func parseStatement(m json.RawMessage) (stmtReq, error) {
+	var s stmtReq
+	if err := json.Unmarshal(m, &s.SQL); err == nil {
+		return s, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(m)))
+	dec.UseNumber()
+	var parts []any
+	if err := dec.Decode(&parts); err != nil || len(parts) == 0 {
+		return s, errors.New(`a statement is a string or an array ["SQL", arguments…]`)
+	}
+	sqlText, ok := parts[0].(string)
+	if !ok {
+		return s, errors.New("the first element of a statement array must be its SQL")
+	}
+	s.SQL = sqlText
+	if len(parts) == 2 {
+		if named, ok := parts[1].(map[string]any); ok {
+			for k, v := range named {
+				arg, err := jsonArg(v)
+				if err != nil {
+					return s, fmt.Errorf("argument %s: %v", k, err)
+				}
+				s.Args = append(s.Args, sql.Named(k, arg))
+			}
+			return s, nil
+		}
+	}
+	for i, v := range parts[1:] {
+		arg, err := jsonArg(v)
+		if err != nil {
+			return s, fmt.Errorf("argument %d: %v", i+1, err)
+		}
+		s.Args = append(s.Args, arg)
+	}
+	return s, nil
+}
+
+// jsonArg converts a JSON value to a statement argument: numbers that are
+// integers to int64, others to float64.
+func jsonArg(v any) (any, error) {
+	switch x := v.(type) {
+	case nil, string:
+		return x, nil
+	case bool:
+		if x {
+			return int64(1), nil
+		}
+		return int64(0), nil
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i, nil
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return nil, fmt.Errorf("number %s out of range", x)
+		}
+		return f, nil
+	}
+	return nil, fmt.Errorf("%T is no SQL value (use a string, a number, true, false or null)", v)
+}
+
+type httpError struct {
+	code int
+	err  error
+}
+
+func (e httpError) Error() string { return e.err.Error() }
+
+// result is one statement's outcome.
+type result struct {
+	LastInsertID *int64           `json:"last_insert_id,omitempty"`
+	RowsAffected *int64           `json:"rows_affected,omitempty"`
+	Columns      []string         `json:"columns,omitempty"`
+	Types        []string         `json:"types,omitempty"`
+	Values       [][]any          `json:"values,omitempty"`
+	Rows         []map[string]any `json:"rows,omitempty"`
+	Error        string           `json:"error,omitempty"`
+}
+
+type response struct {
+	Results []result `json:"results"`
+	// Index is the Raft index of the last write committed by the request:
+	// pass it as after= to a query on another node to read it there.
+	Index uint64  `json:"index,omitempty"`
+	Time  float64 `json:"time"`
+	Error string  `json:"error,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// fail answers a request that could not run at all.
+func (a *httpAPI) fail(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	var he httpError
+	var nl *NotLeaderError
+	switch {
+	case errors.As(err, &he):
+		code = he.code
+	case errors.Is(err, ErrNoDatabase):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrInvalidName):
+		code = http.StatusBadRequest
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrNoLeader), errors.As(err, &nl), errors.Is(err, ErrNoQuorum):
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, response{Error: err.Error()})
+}
+
+func (a *httpAPI) execute(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.Method != http.MethodPost {
+		a.fail(w, httpError{http.StatusMethodNotAllowed, errors.New("/db/execute takes a POST")})
+		return
+	}
+	stmts, err := a.readStatements(w, r)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	q := r.URL.Query()
+	db, err := a.db(r.Context(), q.Get("db"), true)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	var index uint64
+	ctx := driver.WithCommitIndex(r.Context(), &index)
+	resp := response{Results: make([]result, 0, len(stmts))}
+	if q.Has("transaction") {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		for _, s := range stmts {
+			res := execOne(ctx, tx, s)
+			resp.Results = append(resp.Results, res)
+			if res.Error != "" {
+				break
+			}
+		}
+		if last := resp.Results[len(resp.Results)-1]; last.Error != "" {
+			tx.Rollback()
+			index = 0
+		} else if err := tx.Commit(); err != nil {
+			// Nothing committed: say so for each statement.
+			for i := range resp.Results {
+				resp.Results[i] = result{Error: "transaction failed to commit: " + err.Error()}
+			}
+			index = 0
+		}
+	} else {
+		for _, s := range stmts {
+			resp.Results = append(resp.Results, execOne(ctx, db, s))
+		}
+	}
+	resp.Index = index
+	resp.Time = time.Since(start).Seconds()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func execOne(ctx context.Context, e execer, s stmtReq) result {
+	res, err := e.ExecContext(ctx, s.SQL, s.Args...)
+	if err != nil {
+		return result{Error: err.Error()}
+	}
+	var out result
+	if id, err := res.LastInsertId(); err == nil {
+		out.LastInsertID = &id
+	}
+	if n, err := res.RowsAffected(); err == nil {
+		out.RowsAffected = &n
+	}
+	return out
+}
+
+// readLevel parses level=: ours (local, linearizable) or rqlite's (none,
+// weak, strong: the last two are linearizable here).
+func readLevel(s string) (ReadLevel, error) {
+	switch strings.ToLower(s) {
+	case "", "local", "none":
+		return ReadLocal, nil
+	case "linearizable", "weak", "strong":
+		return ReadLinearizable, nil
+	}
+	return 0, fmt.Errorf("unknown read level %q (local or linearizable)", s)
+}
+
+func (a *httpAPI) query(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	stmts, err := a.readStatements(w, r)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	q := r.URL.Query()
+	level, err := readLevel(q.Get("level"))
+	if err != nil {
+		a.fail(w, httpError{http.StatusBadRequest, err})
+		return
+	}
+	ctx := WithReadLevel(r.Context(), level)
+	if s := q.Get("after"); s != "" {
+		i, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			a.fail(w, httpError{http.StatusBadRequest, fmt.Errorf("after=%q is no Raft index", s)})
+			return
+		}
+		ctx = driver.WithAfter(ctx, i)
+	}
+	db, err := a.db(r.Context(), q.Get("db"), false)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	resp := response{Results: make([]result, 0, len(stmts))}
+	for _, s := range stmts {
+		resp.Results = append(resp.Results, queryOne(ctx, db, s, q.Has("associative")))
+	}
+	resp.Time = time.Since(start).Seconds()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func queryOne(ctx context.Context, e execer, s stmtReq, assoc bool) result {
+	rows, err := e.QueryContext(ctx, s.SQL, s.Args...)
+	if err != nil {
+		return result{Error: err.Error()}
+	}
+	defer rows.Close()
+	var out result
+	if out.Columns, err = rows.Columns(); err != nil {
+		return result{Error: err.Error()}
+	}
+	if types, err := rows.ColumnTypes(); err == nil {
+		for _, t := range types {
+			out.Types = append(out.Types, strings.ToLower(t.DatabaseTypeName()))
+		}
+	}
+	for rows.Next() {
+		vals := make([]any, len(out.Columns))
+		ptrs := make([]any, len(vals))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return result{Error: err.Error()}
+		}
+		if assoc {
+			m := make(map[string]any, len(vals))
+			for i, c := range out.Columns {
+				m[c] = vals[i]
+			}
+			out.Rows = append(out.Rows, m)
+		} else {
+			out.Values = append(out.Values, vals)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return result{Error: err.Error()}
+	}
+	if !assoc && out.Values == nil {
+		out.Values = [][]any{}
+	}
+	return out
+}
+
+func (a *httpAPI) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.n.Status())
+}
+
+// readyz answers 200 when the node is open, in the configuration and
+// knows a leader: it can serve reads and forward writes.
+func (a *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
+	st := a.n.Status()
+	switch {
+	case st.State == "Shutdown":
+		http.Error(w, "node closed", http.StatusServiceUnavailable)
+	case st.LeaderID == 0:
+		http.Error(w, "no leader known", http.StatusServiceUnavailable)
+	case st.Role != Voter && st.Role != Standby:
+		http.Error(w, "holds no data: not a voter or standby", http.StatusServiceUnavailable)
+	default:
+		fmt.Fprintf(w, "ready: %s, leader %d\n", strings.ToLower(st.State), st.LeaderID)
+	}
+}
