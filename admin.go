@@ -16,13 +16,17 @@ func (b backend) Status() driver.NodeStatus {
 	ds := driver.NodeStatus{ID: uint64(st.ID), Address: st.Address, LeaderID: uint64(st.LeaderID), LeaderAddress: st.LeaderAddress,
 		Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex}
 	for _, m := range st.Members {
-		ds.Members = append(ds.Members, driver.Member{ID: uint64(m.ID), Address: m.Address, Voter: m.Role == Voter})
+		ds.Members = append(ds.Members, driver.Member{ID: uint64(m.ID), Address: m.Address, Role: string(m.Role)})
 	}
 	return ds
 }
 
-func (b backend) AddVoter(ctx context.Context, id uint64, address string) error {
-	return b.n.AddVoter(ctx, NodeID(id), address)
+func (b backend) AddNode(ctx context.Context, id uint64, address, role string) error {
+	return b.n.AddNode(ctx, NodeID(id), address, Role(role))
+}
+
+func (b backend) Assign(ctx context.Context, id uint64, role string) error {
+	return b.n.Assign(ctx, NodeID(id), Role(role))
 }
 
 func (b backend) RemoveNode(ctx context.Context, id uint64) error {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -482,8 +483,14 @@ func (c *cluster) check(name, query string, o *outcome) {
 			live = append(live, i)
 		}
 	}
-	// Converge: every node applied everything the leader has.
+	// Converge: every node applied everything the leader has. Spares
+	// receive nothing: they are left out.
 	l := c.waitLeader()
+	if ms, err := c.nodes[l].Members(context.Background()); err == nil {
+		live = slices.DeleteFunc(live, func(i int) bool {
+			return slices.ContainsFunc(ms, func(p Peer) bool { return p.ID == c.nodes[i].ID() && p.Role == Spare })
+		})
+	}
 	if err := c.nodes[l].raft.Barrier(10 * time.Second).Error(); err != nil {
 		c.t.Fatalf("barrier: %v", err)
 	}

@@ -21,6 +21,9 @@ type NodeID = errs.NodeID
 type Peer struct {
 	ID      NodeID
 	Address string // host:port of its Raft transport
+	// Role is the member's (Node.Members says); in Config.Cluster, empty
+	// means Voter.
+	Role Role
 }
 
 // Config configures a Node. The zero value of every field but ID, Address
@@ -170,6 +173,12 @@ type Config struct {
 	// no authentication: keep it on loopback. Port 0 picks a free port
 	// (Node.HTTPAddress says which). Default: off.
 	HTTPAddress string
+	// Roles, when set, turns on automatic role management: the leader
+	// keeps the number of voters and standbys it says among the members it
+	// reaches (see RoleConfig). Every node of the cluster should have the
+	// same setting: whichever leads manages. Default: off; roles change
+	// only when an operator assigns them (Node.Assign).
+	Roles *RoleConfig
 
 	hooks *hooks // fault injection for tests; nil otherwise
 }
@@ -251,6 +260,9 @@ func (c Config) Validate() error {
 	if c.Dir == "" {
 		add("Dir is required")
 	}
+	if r := c.Roles; r != nil && (r.Voters < 0 || r.Standbys < 0 || r.UnreachableAfter < 0 || r.ProbeInterval < 0) {
+		add("Roles %+v has a negative value", *r)
+	}
 	if c.HTTPAddress != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddress); err != nil {
 			add("HTTPAddress %q is not host:port: %v", c.HTTPAddress, err)
@@ -296,7 +308,7 @@ func (c Config) Validate() error {
 		add("TrailingLogs must be positive")
 	}
 	if len(c.Cluster) > 0 {
-		ids, addrs, self := map[NodeID]bool{}, map[string]bool{}, false
+		ids, addrs, self, voters := map[NodeID]bool{}, map[string]bool{}, false, 0
 		for _, p := range c.Cluster {
 			if p.ID == 0 {
 				add("Cluster has a peer with ID 0")
@@ -308,6 +320,13 @@ func (c Config) Validate() error {
 				add("Cluster names address %s twice", p.Address)
 			}
 			ids[p.ID], addrs[p.Address] = true, true
+			if p.Role != "" {
+				if err := checkRole(p.Role); err != nil {
+					add("Cluster: node %d: %v", p.ID, err)
+				} else if p.Role != Voter {
+					voters--
+				}
+			}
 			if p.ID == c.ID {
 				self = true
 				if p.Address != c.Address {
@@ -317,6 +336,9 @@ func (c Config) Validate() error {
 		}
 		if !self {
 			add("Cluster does not include this node (ID %d)", c.ID)
+		}
+		if voters+len(c.Cluster) == 0 {
+			add("Cluster has no voter")
 		}
 	}
 	return errors.Join(errList...)

@@ -28,7 +28,7 @@ func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 		lv = slog.LevelDebug
 	case level == hclog.Warn:
 		lv = slog.LevelWarn
-	case level >= hclog.Error && closedConn(args):
+	case level >= hclog.Error && (closedConn(args) || toSpare(args)):
 		// The node closed its own connection: Raft's transport reports
 		// the read it was blocked in as an error, but this is how a
 		// normal Close (or a dropped peer stream) ends.
@@ -59,6 +59,17 @@ func (h *hclogger) Named(name string) hclog.Logger {
 }
 func (h *hclogger) With(args ...any) hclog.Logger {
 	return &hclogger{Logger: h.Logger, l: h.l.With(args...)}
+}
+
+// toSpare reports whether a log line's arguments say that Raft could not
+// reach a spare, which is by design (see spareMark).
+func toSpare(args []any) bool {
+	for _, a := range args {
+		if s := fmt.Sprint(a); strings.Contains(s, errSpare.Error()) || strings.Contains(s, spareMark) {
+			return true
+		}
+	}
+	return false
 }
 
 // closedConn reports whether a log line's arguments carry an error from a

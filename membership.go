@@ -31,27 +31,7 @@ func (n *Node) Members(ctx context.Context) ([]Peer, error) {
 // snapshot when the log was compacted) and serves reads. Adding a member
 // that is already there with the same address does nothing.
 func (n *Node) AddVoter(ctx context.Context, id NodeID, address string) error {
-	if id == 0 || address == "" {
-		return fmt.Errorf("dqlite: AddVoter needs a non-zero ID and an address")
-	}
-	if err := n.checkMembershipLeader(); err != nil {
-		return err
-	}
-	peers, err := n.Members(ctx)
-	if err != nil {
-		return err
-	}
-	for _, p := range peers {
-		switch {
-		case p.ID == id && p.Address == address:
-			return nil
-		case p.ID == id:
-			return fmt.Errorf("%w: node %d is at %s", ErrNodeExists, id, p.Address)
-		case p.Address == address:
-			return fmt.Errorf("%w: %s is node %d", ErrNodeExists, address, p.ID)
-		}
-	}
-	return n.mapMembershipErr(waitFuture(ctx, n.raft.AddVoter(serverID(id), raft.ServerAddress(address), 0, timeoutOf(ctx))))
+	return n.AddNode(ctx, id, address, Voter)
 }
 
 // RemoveNode removes node id from the cluster. Removing the leader itself
@@ -142,7 +122,8 @@ func nodeID(id raft.ServerID) NodeID {
 func peers(c raft.Configuration) []Peer {
 	var ps []Peer
 	for _, s := range c.Servers {
-		ps = append(ps, Peer{ID: nodeID(s.ID), Address: string(s.Address)})
+		m := memberOf(s)
+		ps = append(ps, Peer{ID: m.ID, Address: m.Address, Role: m.Role})
 	}
 	return ps
 }

@@ -242,6 +242,10 @@ func New(cfg Config) (*Node, error) {
 	n.wg.Add(1)
 	go n.watchLeadership()
 	n.watchRaftState()
+	if cfg.Roles != nil {
+		n.wg.Add(1)
+		go n.manageRoles()
+	}
 	n.unregister = driver.RegisterBackend(n.Address(), backend{n})
 	n.upOK.Store(true)
 	close(n.up)
@@ -282,11 +286,14 @@ func (n *Node) checkFiles(snaps *fsm.Store) (rebuild bool, err error) {
 func configuration(peers []Peer) raft.Configuration {
 	var c raft.Configuration
 	for _, p := range peers {
-		c.Servers = append(c.Servers, raft.Server{
-			Suffrage: raft.Voter,
-			ID:       raft.ServerID(strconv.FormatUint(uint64(p.ID), 10)),
-			Address:  raft.ServerAddress(p.Address),
-		})
+		s := raft.Server{Suffrage: raft.Voter, ID: serverID(p.ID), Address: raft.ServerAddress(p.Address)}
+		switch p.Role {
+		case Standby:
+			s.Suffrage = raft.Nonvoter
+		case Spare:
+			s.Suffrage, s.Address = raft.Nonvoter, spareMark+s.Address
+		}
+		c.Servers = append(c.Servers, s)
 	}
 	return c
 }

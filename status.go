@@ -113,10 +113,7 @@ func (n *Node) Status() Status {
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
-			m := Member{ID: nodeID(s.ID), Address: string(s.Address), Role: Voter}
-			if s.Suffrage != raft.Voter {
-				m.Role = Standby
-			}
+			m := memberOf(s)
 			if m.ID == n.cfg.ID {
 				st.Role = m.Role
 			}

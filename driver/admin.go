@@ -2,6 +2,7 @@ package driver
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,15 +31,17 @@ type NodeStatus struct {
 type Member struct {
 	ID      uint64
 	Address string
-	Voter   bool
+	Role    string // voter, standby or spare
 }
 
 // AdminBackend is what a node offers operators over the client protocol.
 type AdminBackend interface {
 	Status() NodeStatus
-	// AddVoter, RemoveNode and TransferLeadership change the cluster on
-	// the leader; elsewhere they fail with an error matching ErrNotLeader.
-	AddVoter(ctx context.Context, id uint64, address string) error
+	// AddNode, Assign, RemoveNode and TransferLeadership change the
+	// cluster on the leader; elsewhere they fail with an error matching
+	// ErrNotLeader. role is voter, standby or spare.
+	AddNode(ctx context.Context, id uint64, address, role string) error
+	Assign(ctx context.Context, id uint64, role string) error
 	RemoveNode(ctx context.Context, id uint64) error
 	TransferLeadership(ctx context.Context, id uint64) error
 }
@@ -72,11 +75,16 @@ func (sv *server) admin(ctx context.Context, r *wire.Reader) {
 		for _, m := range st.Members {
 			sv.w.Uint(m.ID)
 			sv.w.String(m.Address)
-			sv.w.Bool(m.Voter)
+			sv.w.String(m.Role)
 		}
 		return
 	case wire.AdminAdd:
-		err = ab.AddVoter(ctx, id, addr)
+		// The argument is the address, and the role after a space
+		// (voter when there is none).
+		address, role, _ := strings.Cut(addr, " ")
+		err = ab.AddNode(ctx, id, address, cmp.Or(role, "voter"))
+	case wire.AdminAssign:
+		err = ab.Assign(ctx, id, addr)
 	case wire.AdminRemove:
 		err = ab.RemoveNode(ctx, id)
 	case wire.AdminTransfer:
@@ -137,26 +145,30 @@ func RemoteStatus(ctx context.Context, dial func(context.Context, string) (net.C
 	st := NodeStatus{ID: r.Uint(), Address: r.String(), LeaderID: r.Uint(), LeaderAddress: r.String(),
 		Term: r.Uint(), CommitIndex: r.Uint(), AppliedIndex: r.Uint(), LastIndex: r.Uint()}
 	for range r.Count(3) {
-		st.Members = append(st.Members, Member{ID: r.Uint(), Address: r.String(), Voter: r.Bool()})
+		st.Members = append(st.Members, Member{ID: r.Uint(), Address: r.String(), Role: r.String()})
 	}
 	return st, r.End()
 }
 
 // RemoteAdmin changes the membership of the cluster that the nodes at
 // addrs (some or all of its members) belong to: it finds the leader and
-// asks it, waiting for an election under way until ctx is done. op is "add" (a voter id at address), "remove" (id) or
-// "transfer" (leadership to id; 0: any voter).
+// asks it, waiting for an election under way until ctx is done. op is
+// "add" (node id at arg, its address, followed by a space and its role
+// when it is not to be a voter: "127.0.0.1:9001 standby"), "assign" (role
+// arg to id), "remove" (id) or "transfer" (leadership to id; 0: any
+// voter).
 func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string,
-	op string, id uint64, address string) error {
-	code := map[string]uint64{"add": wire.AdminAdd, "remove": wire.AdminRemove, "transfer": wire.AdminTransfer}[op]
+	op string, id uint64, arg string) error {
+	code := map[string]uint64{"add": wire.AdminAdd, "assign": wire.AdminAssign, "remove": wire.AdminRemove,
+		"transfer": wire.AdminTransfer}[op]
 	if code == 0 {
-		return fmt.Errorf("dqlite: unknown operation %q (add, remove, transfer)", op)
+		return fmt.Errorf("dqlite: unknown operation %q (add, assign, remove, transfer)", op)
 	}
 	for {
 		_, leader, err := RemoteLeader(ctx, dial, addrs)
 		if err == nil {
 			var typ wire.Type
-			typ, _, err = adminCall(ctx, dial, leader, code, id, address)
+			typ, _, err = adminCall(ctx, dial, leader, code, id, arg)
 			if err == nil && typ != wire.Done {
 				err = fmt.Errorf("%w: answer of type %d to %s", wire.ErrMalformed, typ, op)
 			}

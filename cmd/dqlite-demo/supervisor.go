@@ -268,14 +268,13 @@ func (s *supervisor) clusterStatus(ctx context.Context) string {
 			parts = append(parts, fmt.Sprintf("node %d down", m.ID))
 			continue
 		}
-		role, state, lag := "standby", "follower", "?"
-		if m.Voter {
-			role = "voter"
-		}
+		role, state, lag := m.Role, "follower", "?"
 		if m.Leader {
 			state, head = "leader", fmt.Sprintf("leader node %d (term %d)", m.ID, m.Status.Term)
 		}
-		if m.LagKnown {
+		if role == "spare" {
+			state, lag = "idle", "-" // it holds no data
+		} else if m.LagKnown {
 			lag = strconv.FormatUint(m.Lag, 10)
 		}
 		parts = append(parts, fmt.Sprintf("node %d %s %s applied %d lag %s", m.ID, role, state, m.Status.AppliedIndex, lag))

@@ -41,17 +41,18 @@ type shell struct {
 }
 
 const help = `SQL statements end with a semicolon; they run on the leader. Dot commands:
-  .cluster              the members: role, leader, applied index and lag
-  .leader               the leader's ID and address
-  .add ID ADDRESS       add node ID, listening at ADDRESS, as a voter
-  .remove ID            remove node ID from the cluster
-  .transfer [ID]        hand leadership to node ID (default: the best voter)
-  .dump [FILE]          the database as SQL text (to FILE, or printed)
-  .backup FILE          copy the database into a new SQLite file FILE
-  .restore FILE         replace the database's content with SQLite file FILE's
-  .timer on|off         print each statement's time
-  .help                 this text
-  .quit                 leave (also Ctrl-D)
+  .cluster                the members: role, leader, applied index and lag
+  .leader                 the leader's ID and address
+  .add ID ADDRESS [ROLE]  add node ID, listening at ADDRESS, as a voter, standby or spare
+  .role ID ROLE           make member ID a voter, standby or spare
+  .remove ID              remove node ID from the cluster
+  .transfer [ID]          hand leadership to node ID (default: the best voter)
+  .dump [FILE]            the database as SQL text (to FILE, or printed)
+  .backup FILE            copy the database into a new SQLite file FILE
+  .restore FILE           replace the database's content with SQLite file FILE's
+  .timer on|off           print each statement's time
+  .help                   this text
+  .quit                   leave (also Ctrl-D)
 `
 
 func (sh *shell) status() int {
@@ -420,9 +421,15 @@ func (sh *shell) dot(line string) {
 			sh.cluster(ctx)
 		}
 	case ".add":
-		if want(2, 2, ".add ID ADDRESS") {
+		if want(2, 3, ".add ID ADDRESS [ROLE]") {
 			if v, ok := id(args[0]); ok {
-				sh.admin(ctx, "add", v, args[1])
+				sh.admin(ctx, "add", v, strings.Join(args[1:], " "))
+			}
+		}
+	case ".role":
+		if want(2, 2, ".role ID voter|standby|spare") {
+			if v, ok := id(args[0]); ok {
+				sh.admin(ctx, "assign", v, args[1])
 			}
 		}
 	case ".remove":
@@ -486,10 +493,7 @@ func (sh *shell) cluster(ctx context.Context) {
 	tw := [][]string{{"ID", "ADDRESS", "ROLE", "STATE", "APPLIED", "LAG"}}
 	leader := false
 	for _, m := range ms {
-		role := "voter"
-		if !m.Voter {
-			role = "nonvoter"
-		}
+		role := m.Role
 		state, applied, lag := "unreachable", "-", "-"
 		if m.Err == nil {
 			state = "follower"
@@ -498,7 +502,7 @@ func (sh *shell) cluster(ctx context.Context) {
 			}
 			applied = strconv.FormatUint(m.Status.AppliedIndex, 10)
 		}
-		if m.LagKnown {
+		if m.LagKnown && role != "spare" {
 			lag = strconv.FormatUint(m.Lag, 10)
 		}
 		tw = append(tw, []string{strconv.FormatUint(m.ID, 10), m.Address, role, state, applied, lag})

@@ -63,6 +63,7 @@ const (
 	AdminAdd                    // add a voter: ID, address
 	AdminRemove                 // remove a member: ID
 	AdminTransfer               // transfer leadership: ID (0: any voter)
+	AdminAssign                 // assign a role: ID, role
 )
 
 // Responses, sent by the node.
