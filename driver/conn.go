@@ -57,6 +57,7 @@ type conn struct {
 	// settings made by the application (sessionPragmas), which forwarded
 	// statements must run under too
 	settings *settings
+	changes  changeSet // what the open write transaction changed
 }
 
 var (
@@ -107,6 +108,7 @@ func newConn(ctx context.Context, b Backend, db Database, name string, opts Opti
 	if err := c.raw.SetAuthorizer(c.authorize); err != nil {
 		return nil, err
 	}
+	c.watchChanges()
 	return c, nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/metrics"
 )
@@ -97,6 +98,8 @@ type Database interface {
 	Fence(ctx context.Context, cuts uint64) (retry bool, err error)
 	// Admit waits while the leader drains its writes for a checkpoint.
 	Admit()
+	// StageChanges hands over what conn's committing transaction changed.
+	StageChanges(conn uint64, ch command.TxChanges)
 }
 
 // Driver implements database/sql/driver.Driver and DriverContext.

@@ -122,6 +122,18 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 			return refuse("writing to attached database %q: attached files are not replicated", schema)
 		}
 	}
+	switch action {
+	case sqlite3.AUTH_CREATE_TABLE, sqlite3.AUTH_CREATE_INDEX, sqlite3.AUTH_CREATE_TRIGGER, sqlite3.AUTH_CREATE_VIEW,
+		sqlite3.AUTH_DROP_TABLE, sqlite3.AUTH_DROP_INDEX, sqlite3.AUTH_DROP_TRIGGER, sqlite3.AUTH_DROP_VIEW,
+		sqlite3.AUTH_CREATE_VTABLE, sqlite3.AUTH_DROP_VTABLE:
+		if schema == "main" {
+			c.changes.schemaChanged()
+		}
+	case sqlite3.AUTH_ALTER_TABLE:
+		if name3 == "main" {
+			c.changes.schemaChanged()
+		}
+	}
 	return sqlite3.AUTH_OK
 }
 

@@ -14,7 +14,9 @@ import (
 // ErrFormat is returned when bytes are not a valid command.
 var ErrFormat = errors.New("command: invalid format")
 
-const version = 2 // 2: Frames carries the term
+// version 2: Frames carries the term; 3: Frames carries the changes of
+// its transactions. Decode reads both.
+const version = 3
 
 // Type identifies a command.
 type Type uint8
@@ -50,11 +52,48 @@ type Frames struct {
 	PageSize uint32
 	DBSize   uint32 // database size in pages after the commit
 	Pages    []Page
+	// Changes holds, per transaction of the entry in commit order, the
+	// tables it changed (nil in an entry of version 2: unknown).
+	Changes []TxChanges
+}
+
+// TxChanges is what one transaction changed.
+type TxChanges []TableChanges
+
+// Operations on a table, as a bit set.
+const (
+	OpInsert uint8 = 1 << iota
+	OpUpdate
+	OpDelete
+	// OpPartial: Keys lists only some of the rows changed (a WITHOUT
+	// ROWID table, whose rows have no rowid, or more rows than a
+	// transaction records keys for).
+	OpPartial
+)
+
+// TableChanges is what a transaction changed in one table: the kinds of
+// change and the rowids of the rows changed, ascending.
+type TableChanges struct {
+	Table string
+	Ops   uint8
+	Keys  []int64
+}
+
+func (c TxChanges) size() int {
+	n := binary.MaxVarintLen64
+	for _, t := range c {
+		n += 2*binary.MaxVarintLen64 + len(t.Table) + 1 + len(t.Keys)*binary.MaxVarintLen64
+	}
+	return n
 }
 
 // Size returns the number of bytes EncodeFrames will produce.
 func (f *Frames) Size() int {
-	return 2 + 4*binary.MaxVarintLen64 + len(f.Database) + 8 + binary.MaxVarintLen64 + len(f.Pages)*(4+int(f.PageSize))
+	n := 2 + 5*binary.MaxVarintLen64 + len(f.Database) + 8 + binary.MaxVarintLen64 + len(f.Pages)*(4+int(f.PageSize))
+	for _, c := range f.Changes {
+		n += c.size()
+	}
+	return n
 }
 
 func appendString(b []byte, s string) []byte {
@@ -83,6 +122,20 @@ func EncodeFrames(f *Frames) []byte {
 	for _, p := range f.Pages {
 		b = binary.BigEndian.AppendUint32(b, p.No)
 		b = append(b, p.Data...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(f.Changes)))
+	for _, c := range f.Changes {
+		b = binary.AppendUvarint(b, uint64(len(c)))
+		for _, t := range c {
+			b = appendString(b, t.Table)
+			b = append(b, t.Ops)
+			b = binary.AppendUvarint(b, uint64(len(t.Keys)))
+			prev := int64(0)
+			for _, k := range t.Keys { // ascending: the deltas are small
+				b = binary.AppendVarint(b, k-prev)
+				prev = k
+			}
+		}
 	}
 	return b
 }
@@ -145,13 +198,60 @@ func (d *decoder) pageSize() uint32 {
 	return ps
 }
 
+func (d *decoder) varint(what string) int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail(what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// count reads a count of items of at least min bytes each.
+func (d *decoder) count(min int, what string) int {
+	n := d.uvarint(what)
+	if d.err == nil && n > uint64(len(d.b)/min) {
+		d.fail(fmt.Sprintf("%s %d", what, n))
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) changes() []TxChanges {
+	n := d.count(1, "transaction count")
+	if n == 0 {
+		return nil
+	}
+	out := make([]TxChanges, n)
+	for i := range out {
+		out[i] = make(TxChanges, d.count(3, "table count"))
+		for j := range out[i] {
+			t := &out[i][j]
+			t.Table = string(d.bytes(d.uvarint("table name length"), "table name"))
+			if ops := d.bytes(1, "operations"); ops != nil {
+				t.Ops = ops[0]
+			}
+			if n := d.count(1, "key count"); n > 0 {
+				t.Keys = make([]int64, n)
+				prev := int64(0)
+				for k := range t.Keys {
+					prev += d.varint("key")
+					t.Keys[k] = prev
+				}
+			}
+		}
+	}
+	return out
+}
+
 // Decode parses a log entry. It returns *Open or *Frames. Page images of a
 // Frames command share memory with b.
 func Decode(b []byte) (any, error) {
 	if len(b) < 2 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrFormat, len(b))
 	}
-	if b[0] != version {
+	if b[0] != version && b[0] != 2 {
 		return nil, fmt.Errorf("%w: version %d", ErrFormat, b[0])
 	}
 	d := &decoder{b: b[2:]}
@@ -183,6 +283,9 @@ func Decode(b []byte) (any, error) {
 					d.fail("page number 0")
 				}
 			}
+		}
+		if b[0] >= 3 {
+			f.Changes = d.changes()
 		}
 		cmd = f
 	default:

@@ -79,3 +79,36 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestFrames_Changes(t *testing.T) {
+	f := sampleFrames()
+	f.Changes = []TxChanges{
+		{{Table: "t", Ops: OpInsert | OpDelete, Keys: []int64{-1 << 63, -5, 0, 3, 1<<63 - 1}}, {Table: "w", Ops: OpUpdate | OpPartial}},
+		{},
+		{{Table: "t", Ops: OpUpdate, Keys: []int64{42}}},
+	}
+	b := EncodeFrames(f)
+	if len(b) > f.Size() {
+		t.Fatalf("encoded %d bytes, Size said %d", len(b), f.Size())
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Changes[1] = TxChanges{} // decoded as an empty, non-nil list
+	if !reflect.DeepEqual(got, f) {
+		t.Fatalf("got %+v, want %+v", got.(*Frames).Changes, f.Changes)
+	}
+	// An entry of version 2 has no changes section: they are unknown.
+	f = sampleFrames()
+	b = EncodeFrames(f)
+	v2 := append([]byte{2}, b[1:len(b)-1]...)
+	if got, err := Decode(v2); err != nil || got.(*Frames).Changes != nil || len(got.(*Frames).Pages) != 2 {
+		t.Fatalf("version 2: %v, %v", got, err)
+	}
+	// A count larger than what follows is refused, not allocated.
+	bad := append(append([]byte{}, b[:len(b)-1]...), 0xff, 0xff, 0xff, 0xff, 0x0f)
+	if _, err := Decode(bad); !errors.Is(err, ErrFormat) {
+		t.Errorf("huge transaction count: %v", err)
+	}
+}

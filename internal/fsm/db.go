@@ -16,6 +16,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/internal/errs"
 	"github.com/godqlite/dqlite/internal/faults"
 	"github.com/godqlite/dqlite/internal/metrics"
@@ -66,9 +67,10 @@ type DB struct {
 	opts *Options
 
 	mu      sync.Mutex
-	errs    map[uint64]error  // the real cause of a failed commit, per connection
-	commits map[uint64]uint64 // the Raft index of the last commit, per connection
-	settled chan struct{}     // closed, and replaced, whenever a statement returns
+	errs    map[uint64]error             // the real cause of a failed commit, per connection
+	commits map[uint64]uint64            // the Raft index of the last commit, per connection
+	staged  map[uint64]command.TxChanges // what a connection's committing transaction changed (StageChanges)
+	settled chan struct{}                // closed, and replaced, whenever a statement returns
 	nextTx  uint64
 	failed  error // set when this node's copy diverged
 
@@ -137,7 +139,7 @@ func (d *DB) PageSize() uint32 { return d.pageSize }
 // way on every node, and registers it with the VFS. last is the record
 // of the state its files hold (recoverDB), or nil for a new database.
 func openDB(dir, name string, pageSize uint32, opts *Options, last *record) (_ *DB, err error) {
-	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, commits: map[uint64]uint64{}, pageSize: pageSize, settled: make(chan struct{}),
+	d := &DB{Name: name, opts: opts, errs: map[uint64]error{}, commits: map[uint64]uint64{}, staged: map[uint64]command.TxChanges{}, pageSize: pageSize, settled: make(chan struct{}),
 		nextTx: uint64(time.Now().UnixNano()), last: map[uint64]*ptx{}, gate: make(chan struct{}), resolvedCh: make(chan struct{}),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), proposerDone: make(chan struct{})}
 	d.path, err = vfs.Register(filepath.Join(dir, name), d, opts.MaxTxSize)
@@ -295,6 +297,14 @@ func (d *DB) retryDisk(err error, attempt int, what string) bool {
 	d.DiskError(err) // on every attempt: the node hears for as long as it lasts
 	time.Sleep(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond))
 	return !d.opts.stopping.Load()
+}
+
+// StageChanges records what the transaction that connection conn is
+// committing changed; Commit puts it into the transaction's log entry.
+func (d *DB) StageChanges(conn uint64, ch command.TxChanges) {
+	d.mu.Lock()
+	d.staged[conn] = ch
+	d.mu.Unlock()
 }
 
 func (d *DB) setErr(conn uint64, err error) {

@@ -41,6 +41,7 @@ type ptx struct {
 	done      chan struct{} // closed once resolved: err is set
 	err       error
 	start     time.Time // when its commit frame reached the pipeline
+	changes   command.TxChanges
 }
 
 // pipeStats counts the leader's Frames entries and the transactions in them.
@@ -66,6 +67,10 @@ func sameCommit(a, b wal.IndexHeader) bool {
 // transaction is in the WAL and SQLite is about to publish it. It queues
 // the transaction for Raft; an error makes SQLite roll it back instead.
 func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
+	d.mu.Lock()
+	changes := d.staged[conn]
+	delete(d.staged, conn)
+	d.mu.Unlock()
 	if tx.Overflow {
 		err := fmt.Errorf("%w: it wrote %d bytes of pages, the limit is %d", errs.ErrTxTooLarge, tx.Size, d.opts.MaxTxSize)
 		d.setErr(conn, err)
@@ -130,7 +135,7 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	if len(d.queue) == 0 {
 		d.base = prev
 	}
-	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, hdr: h, done: make(chan struct{}), start: time.Now()}
+	t := &ptx{seq: d.written.Load() + 1, conn: conn, tx: tx, hdr: h, done: make(chan struct{}), start: time.Now(), changes: changes}
 	d.queue = append(d.queue, t)
 	d.last[conn] = t
 	d.written.Store(t.seq)
@@ -368,6 +373,9 @@ func (d *DB) takeBatchLocked(term uint64) *batch {
 func (d *DB) merge(b *batch) *command.Frames {
 	last := b.txs[len(b.txs)-1].tx
 	f := &command.Frames{Database: d.Name, Origin: d.opts.NodeID, TxID: b.id, Term: b.term, PageSize: last.PageSize, DBSize: last.DBSize}
+	for _, t := range b.txs {
+		f.Changes = append(f.Changes, t.changes)
+	}
 	if len(b.txs) == 1 {
 		f.Pages = last.Pages
 		return f
