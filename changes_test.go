@@ -98,6 +98,12 @@ func TestSubscribe(t *testing.T) {
 	conn.Close()
 	mustExec(t, c.db(l, "other.db"), `CREATE TABLE o (x); INSERT INTO o VALUES (1)`)
 	mustExec(t, db, `UPDATE t SET v = 'z' WHERE id = 3`)
+	// REPLACE deletes the row that conflicts on v (no update hook sees
+	// it); DELETE without WHERE (SQLite's truncate optimization skips the
+	// update hook).
+	mustExec(t, db, `CREATE UNIQUE INDEX t_v ON t (v)`)
+	mustExec(t, db, `INSERT OR REPLACE INTO t (id, v) VALUES (20, 'z')`)
+	mustExec(t, db, `DELETE FROM log`)
 
 	want := []string{
 		// The script's statements commit one by one; the schema's
@@ -109,6 +115,9 @@ func TestSubscribe(t *testing.T) {
 		// WITHOUT ROWID.
 		"t~-1,2,10 w+* log+1",
 		"t~3",
+		"sqlite_schema~*",
+		"t+-3,20",
+		"log-1",
 	}
 	var got []string
 	var idx []uint64

@@ -14,17 +14,17 @@ const maxKeys = 1 << 16
 
 // changeSet collects what the connection's write transaction changed, from
 // SQLite's hooks, which run on the goroutine stepping the statement.
+//
+// The pre-update hook sees every row change: those of WITHOUT ROWID
+// tables (whose rowids it reports are meaningless), rows that REPLACE
+// deletes, and DELETE without WHERE (SQLite does not use its truncate
+// optimization while the hook is set). The update hook misses those, but
+// it fires only for rowid tables: a table it reported is one whose
+// pre-update rowids are keys.
 type changeSet struct {
 	tables map[string]*tableSet
 	order  []string // tables in the order first changed
 	keys   int
-	// The last pre-update event: an UPDATE that moves a row to another
-	// rowid changes both, and only the pre-update hook tells the old one.
-	last struct {
-		table    string
-		old, new int64
-		update   bool
-	}
 }
 
 type tableSet struct {
@@ -64,21 +64,25 @@ func (cs *changeSet) preUpdate(d sqlite3.PreUpdateData) {
 	if d.Schema != "main" {
 		return // temporary tables are not replicated
 	}
-	cs.table(d.Table).ops |= opBit(d.Op)
-	cs.last.table, cs.last.old, cs.last.new, cs.last.update = d.Table, d.OldRowID, d.NewRowID, d.Op == sqlite3.AUTH_UPDATE
+	t := cs.table(d.Table)
+	t.ops |= opBit(d.Op)
+	switch d.Op {
+	case sqlite3.AUTH_INSERT:
+		cs.key(t, d.NewRowID)
+	case sqlite3.AUTH_DELETE:
+		cs.key(t, d.OldRowID)
+	case sqlite3.AUTH_UPDATE:
+		cs.key(t, d.OldRowID)
+		if d.NewRowID != d.OldRowID {
+			cs.key(t, d.NewRowID)
+		}
+	}
 }
 
-// update sees the row changes of rowid tables, after each.
-func (cs *changeSet) update(op sqlite3.AuthorizerActionCode, schema, table string, rowid int64) {
-	if schema != "main" {
-		return
-	}
-	t := cs.table(table)
-	t.rowid = true
-	t.ops |= opBit(op)
-	cs.key(t, rowid)
-	if l := cs.last; l.update && l.table == table && l.new == rowid && l.old != rowid {
-		cs.key(t, l.old)
+// update marks the table a rowid table.
+func (cs *changeSet) update(_ sqlite3.AuthorizerActionCode, schema, table string, _ int64) {
+	if schema == "main" {
+		cs.table(table).rowid = true
 	}
 }
 
@@ -109,6 +113,7 @@ func (cs *changeSet) take() command.TxChanges {
 		t := cs.tables[name]
 		if !t.rowid {
 			t.ops |= command.OpPartial // WITHOUT ROWID: no keys
+			t.keys = nil
 		}
 		slices.Sort(t.keys)
 		out = append(out, command.TableChanges{Table: name, Ops: t.ops, Keys: slices.Compact(t.keys)})
