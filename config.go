@@ -173,6 +173,9 @@ type Config struct {
 	// no authentication: keep it on loopback. Port 0 picks a free port
 	// (Node.HTTPAddress says which). Default: off.
 	HTTPAddress string
+	// HTTPListener, when set, is where the node serves the HTTP API
+	// instead (HTTPAddress is then ignored). The node closes it.
+	HTTPListener net.Listener
 	// Roles, when set, turns on automatic role management: the leader
 	// keeps the number of voters and standbys it says among the members it
 	// reaches (see RoleConfig). Every node of the cluster should have the

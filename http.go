@@ -47,16 +47,18 @@ type httpAPI struct {
 // listenHTTP listens on Config.HTTPAddress (a host left out means
 // 127.0.0.1); serveHTTP serves the API there until Close.
 func (n *Node) listenHTTP() error {
-	addr := n.cfg.HTTPAddress
-	if addr == "" {
+	ln := n.cfg.HTTPListener
+	if addr := n.cfg.HTTPAddress; ln == nil && addr != "" {
+		if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("http: listen on %s: %w", addr, err)
+		}
+	}
+	if ln == nil {
 		return nil
-	}
-	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
-		addr = net.JoinHostPort("127.0.0.1", port)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("http: listen on %s: %w", addr, err)
 	}
 	if n.cfg.TLS != nil {
 		ln = tls.NewListener(ln, serverTLS(n.cfg.TLS))

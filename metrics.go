@@ -10,7 +10,7 @@ import (
 
 // newMetrics returns the node's metrics, or nil when they are off.
 func (n *Node) newMetrics() *metrics.Set {
-	if n.cfg.Metrics == nil && n.cfg.HTTPAddress == "" {
+	if n.cfg.Metrics == nil && n.cfg.HTTPAddress == "" && n.cfg.HTTPListener == nil {
 		return nil
 	}
 	return metrics.New(strconv.FormatUint(uint64(n.cfg.ID), 10), n.gauges)

@@ -3,9 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -22,10 +28,18 @@ func TestDemo_ConvergesAfterKills(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs three node processes for 15s")
 	}
-	var out, errOut bytes.Buffer
+	var out lockedBuffer
+	var errOut bytes.Buffer
+	// While it runs, ask node 1's HTTP API, as the printed curl commands
+	// do (node 1 may be down for a moment: try again).
+	api := make(chan string, 1)
+	go func() { api <- askAPI(&out) }()
 	code := run(context.Background(), []string{"-duration", "15s", "-dir", t.TempDir(),
 		"-min-life", "3s", "-max-life", "5s", "-pause", "1s"}, &out, &errOut)
 	t.Logf("demo output:\n%s%s", out.String(), errOut.String())
+	if err := <-api; err != "" {
+		t.Error(err)
+	}
 	if code != 0 {
 		t.Fatalf("demo exited %d", code)
 	}
@@ -49,6 +63,74 @@ func TestDemo_ConvergesAfterKills(t *testing.T) {
 	if got := len(st.FindAllString(out.String(), -1)); got < 1 {
 		t.Errorf("%d status lines in 15 s, want at least 1", got)
 	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// askAPI finds node 1's HTTP API in the demo's output and asks it for its
+// status and a linearizable count of the rows; it returns what went wrong.
+func askAPI(out *lockedBuffer) string {
+	re := regexp.MustCompile(`curl -s (http://127\.0\.0\.1:\d+)/status`)
+	var base string
+	for range 100 {
+		if m := re.FindStringSubmatch(out.String()); m != nil {
+			base = m[1]
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if base == "" {
+		return "no curl command for the HTTP API in the output"
+	}
+	var last string
+	for range 40 {
+		time.Sleep(250 * time.Millisecond)
+		resp, err := http.Get(base + "/status")
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		var st struct {
+			ID      int `json:"id"`
+			Members []struct {
+				Role string `json:"role"`
+			} `json:"members"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || st.ID != 1 || len(st.Members) != 3 {
+			last = fmt.Sprintf("/status: %v %+v", err, st)
+			continue
+		}
+		resp, err = http.Post(base+"/db/query?db=test.db&level=linearizable", "application/json",
+			strings.NewReader(`["SELECT count(*) FROM test"]`))
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 && regexp.MustCompile(`"values":\[\[\d+\]\]`).Match(b) {
+			return ""
+		}
+		last = fmt.Sprintf("/db/query: %d %s", resp.StatusCode, b)
+	}
+	return "the HTTP API never answered: " + last
 }
 
 func TestDemo_RejectsBadFlags(t *testing.T) {

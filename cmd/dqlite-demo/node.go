@@ -68,8 +68,9 @@ func parsePeers(s string) ([]dqlite.Peer, error) {
 	return peers, nil
 }
 
-// runNode is a demo node. Its Raft listener is file descriptor 3, opened
-// by the supervisor, so that a restarted node listens on the same port.
+// runNode is a demo node. Its Raft listener is file descriptor 3, and its
+// HTTP API's 4, opened by the supervisor, so that a restarted node listens
+// on the same ports.
 func runNode(args []string, stdout io.Writer) int {
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	id := fs.Int("id", 0, "node ID")
@@ -92,7 +93,13 @@ func runNode(args []string, stdout io.Writer) int {
 	if err != nil {
 		return fail(fmt.Errorf("listener: %w", err))
 	}
-	node, err := dqlite.New(demoConfig(*id, l, *dir, peers))
+	hl, err := net.FileListener(os.NewFile(4, "http-listener"))
+	if err != nil {
+		return fail(fmt.Errorf("http listener: %w", err))
+	}
+	cfg := demoConfig(*id, l, *dir, peers)
+	cfg.HTTPListener = hl
+	node, err := dqlite.New(cfg)
 	if err != nil {
 		return fail(err)
 	}

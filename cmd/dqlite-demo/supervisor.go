@@ -43,6 +43,8 @@ type supervisor struct {
 	dirs      []string
 	listeners []*net.TCPListener
 	files     []*os.File // the listeners' descriptors, handed to every run of a node
+	http      []*net.TCPListener // each node's HTTP API listener
+	httpFiles []*os.File
 	peers     string
 	procs     []*proc
 	events    chan event
@@ -77,9 +79,19 @@ func newSupervisor(o options, out io.Writer) (*supervisor, error) {
 		if err != nil {
 			return nil, err
 		}
+		hl, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		hf, err := hl.File()
+		if err != nil {
+			return nil, err
+		}
 		s.dirs = append(s.dirs, dir)
 		s.listeners = append(s.listeners, l)
 		s.files = append(s.files, f)
+		s.http = append(s.http, hl)
+		s.httpFiles = append(s.httpFiles, hf)
 		peers = append(peers, fmt.Sprintf("%d=%s", i+1, l.Addr()))
 	}
 	s.peers = strings.Join(peers, ",")
@@ -95,7 +107,7 @@ func (s *supervisor) logf(format string, a ...any) {
 func (s *supervisor) spawn(i, run int) error {
 	cmd := exec.Command(s.exe, nodeFlag, "-id", fmt.Sprint(i+1), "-run", fmt.Sprint(run),
 		"-dir", s.dirs[i], "-peers", s.peers)
-	cmd.ExtraFiles = []*os.File{s.files[i]}
+	cmd.ExtraFiles = []*os.File{s.files[i], s.httpFiles[i]}
 	dieWithParent(cmd)
 	logFile, err := os.OpenFile(filepath.Join(s.dirs[i], "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -201,6 +213,10 @@ func (s *supervisor) start() error {
 		addrs = append(addrs, l.Addr().String())
 	}
 	fmt.Fprintf(s.out, "open a shell on the cluster with: go run ./cmd/dqlite %s test.db\n", strings.Join(addrs, ","))
+	h := s.http[0].Addr()
+	fmt.Fprintf(s.out, "or use node 1's HTTP API: curl -s http://%s/status\n", h)
+	fmt.Fprintf(s.out, "  curl -s 'http://%s/db/query?db=test.db&level=linearizable' -d '[\"SELECT count(*) FROM test\"]'\n", h)
+	fmt.Fprintf(s.out, "  curl -s http://%s/metrics | grep ^dqlite_\n", h)
 	for i := range s.o.nodes {
 		if err := s.spawn(i, 0); err != nil {
 			return fmt.Errorf("cannot start node %d: %w", i+1, err)
