@@ -65,4 +65,14 @@
 // a new cluster. Config.TLS turns on mutual TLS for every connection
 // (LoadTLS reads PEM files). The dqlite command (cmd/dqlite) is the shell
 // over all of these.
+//
+// # Watching and steering
+//
+// Node.Status describes a node and the cluster it sees. Config.Metrics
+// registers Prometheus metrics; Config.HTTPAddress serves an HTTP/JSON API
+// (/db/execute, /db/query, /status, /readyz, /metrics) shaped like
+// rqlite's. Members are voters, standbys or spares (Node.AddNode,
+// Node.Assign), and with Config.Roles the leader keeps the numbers of
+// each it is told to. Node.Subscribe delivers a database's committed
+// transactions, with the tables and rowids they changed, on any node.
 package dqlite
