@@ -42,7 +42,7 @@ type supervisor struct {
 	exe       string
 	dirs      []string
 	listeners []*net.TCPListener
-	files     []*os.File // the listeners' descriptors, handed to every run of a node
+	files     []*os.File         // the listeners' descriptors, handed to every run of a node
 	http      []*net.TCPListener // each node's HTTP API listener
 	httpFiles []*os.File
 	peers     string
