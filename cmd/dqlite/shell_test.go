@@ -258,6 +258,47 @@ func TestShell_Membership(t *testing.T) {
 	}
 }
 
+// TestShell_Roles: .add with a role, .role, and .cluster showing them.
+func TestShell_Roles(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var fresh []*dqlite.Node
+	for id := 4; id <= 5; id++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := dqlite.New(dqlite.Config{ID: dqlite.NodeID(id), Address: l.Addr().String(), Listener: l, Dir: t.TempDir(),
+			HeartbeatTimeout: timeout(), ElectionTimeout: timeout()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		fresh = append(fresh, n)
+	}
+	addr := nodes[0].Address()
+	code, out, errOut := shellRun(t, ".add 4 "+fresh[0].Address()+" standby\n.add 5 "+fresh[1].Address()+" spare\n.cluster\n", addr)
+	t.Logf("%s%s", out, errOut)
+	if code != 0 || strings.Count(out, " voter ") != 3 || strings.Count(out, " standby ") != 1 || strings.Count(out, " spare ") != 1 {
+		t.Fatalf(".add with roles: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = shellRun(t, ".role 5 standby\n.role 4 voter\n.cluster\n", addr)
+	t.Logf("%s%s", out, errOut)
+	if code != 0 || strings.Count(out, " voter ") != 4 || strings.Count(out, " standby ") != 1 || strings.Contains(out, " spare ") {
+		t.Errorf(".role: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	for _, bad := range []struct{ cmd, want string }{
+		{".role 5 observer", "unknown role"},
+		{".role 9 voter", "no such node"},
+		{".role 5", "usage"},
+		{".add 6 127.0.0.1:1 observer", "unknown role"},
+	} {
+		code, _, errOut := shellRun(t, bad.cmd+"\n", addr)
+		if code != 1 || !strings.Contains(strings.ToLower(errOut), bad.want) {
+			t.Errorf("%s: exit %d, %q, want %q", bad.cmd, code, errOut, bad.want)
+		}
+	}
+}
+
 // TestShell_Unreachable: a cluster that does not answer gives a clear
 // error and exit status 1, quickly; bad usage gives status 2.
 func TestShell_Unreachable(t *testing.T) {
