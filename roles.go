@@ -41,6 +41,18 @@ func memberOf(s raft.Server) Member {
 	return m
 }
 
+// roleChange checks a change to role on this node, and returns the
+// members.
+func (n *Node) roleChange(ctx context.Context, role Role) ([]Peer, error) {
+	if err := checkRole(role); err != nil {
+		return nil, err
+	}
+	if err := n.checkMembershipLeader(); err != nil {
+		return nil, err
+	}
+	return n.Members(ctx)
+}
+
 func checkRole(r Role) error {
 	switch r {
 	case Voter, Standby, Spare:
@@ -59,13 +71,7 @@ func (n *Node) AddNode(ctx context.Context, id NodeID, address string, role Role
 	if id == 0 || address == "" {
 		return fmt.Errorf("dqlite: adding a node needs a non-zero ID and an address")
 	}
-	if err := checkRole(role); err != nil {
-		return err
-	}
-	if err := n.checkMembershipLeader(); err != nil {
-		return err
-	}
-	members, err := n.Members(ctx)
+	members, err := n.roleChange(ctx, role)
 	if err != nil {
 		return err
 	}
@@ -97,13 +103,7 @@ func (n *Node) AddNode(ctx context.Context, id NodeID, address string, role Role
 // standby, then a voter (automatic role management does). The leader
 // cannot be assigned another role: transfer leadership first.
 func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
-	if err := checkRole(role); err != nil {
-		return err
-	}
-	if err := n.checkMembershipLeader(); err != nil {
-		return err
-	}
-	members, err := n.Members(ctx)
+	members, err := n.roleChange(ctx, role)
 	if err != nil {
 		return err
 	}
