@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/godqlite/dqlite/internal/command"
 	"github.com/godqlite/dqlite/wal"
 )
 
@@ -71,6 +72,11 @@ type DatabaseStatus struct {
 	// snapshot holds (0 when it holds none).
 	AppliedIndex  uint64 `json:"applied_index"`
 	SnapshotIndex uint64 `json:"snapshot_index"`
+	// Lag is how many transactions of this database the node knows
+	// committed but has not applied yet: its lag behind the leader. It is
+	// counted from the node's Raft log when the node's Lag is at most
+	// 256 entries, and is the node's Lag (an upper bound) beyond.
+	Lag uint64 `json:"lag"`
 	// Failed is why the node stopped serving the database, or "".
 	Failed string `json:"failed,omitempty"`
 }
@@ -110,6 +116,14 @@ func (n *Node) Status() Status {
 	st.Term, st.CommitIndex, st.LastIndex = n.raft.CurrentTerm(), n.raft.CommitIndex(), n.raft.LastIndex()
 	if st.CommitIndex > st.AppliedIndex {
 		st.Lag = st.CommitIndex - st.AppliedIndex
+		lags := n.databaseLags(st.AppliedIndex, st.CommitIndex)
+		for i := range st.Databases {
+			if lags == nil {
+				st.Databases[i].Lag = st.Lag
+			} else {
+				st.Databases[i].Lag = lags[st.Databases[i].Name]
+			}
+		}
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
@@ -121,6 +135,31 @@ func (n *Node) Status() Status {
 		}
 	}
 	return st
+}
+
+// databaseLags counts, per database, the transactions in the log entries
+// after applied up to commit; nil when there are more than 256 entries to
+// read, or one cannot be read.
+func (n *Node) databaseLags(applied, commit uint64) map[string]uint64 {
+	if commit-applied > 256 {
+		return nil
+	}
+	lags := map[string]uint64{}
+	for i := applied + 1; i <= commit; i++ {
+		var l raft.Log
+		if err := n.store.GetLog(i, &l); err != nil {
+			return nil
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		if cmd, err := command.Decode(l.Data); err == nil {
+			if f, ok := cmd.(*command.Frames); ok {
+				lags[f.Database] += uint64(max(1, len(f.Changes)))
+			}
+		}
+	}
+	return lags
 }
 
 // walFrames reads the last committed frame from a copy of the wal-index

@@ -2,8 +2,11 @@ package dqlite
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/godqlite/dqlite/internal/faults"
 )
 
 // TestNode_Status: what Status says of a leader, a follower, a node not in
@@ -56,4 +59,41 @@ func TestNode_Status(t *testing.T) {
 	c.nodes[l] = nil
 	c.restart(l)
 	c.check("s.db", `SELECT x FROM t`, nil)
+}
+
+// TestNode_StatusDatabaseLag: a follower whose disk refuses one
+// database's WAL stops applying; its status counts, per database, the
+// committed transactions it has not applied.
+func TestNode_StatusDatabaseLag(t *testing.T) {
+	c := newCluster(t, 3)
+	l := c.waitLeader()
+	f := c.follower(l)
+	mustExec(t, c.db(l, "a.db"), `CREATE TABLE t (x)`)
+	mustExec(t, c.db(l, "b.db"), `CREATE TABLE t (x)`)
+	if err := c.nodes[f].WaitApplied(context.Background(), c.nodes[l].AppliedIndex()); err != nil {
+		t.Fatal(err)
+	}
+	wal := filepath.Join(c.nodes[f].Dir(), "a.db-wal")
+	faults.Set(wal, faults.Broken)
+	defer faults.Set(wal, faults.None)
+	o := newOutcome()
+	for i := range int64(3) {
+		mustExec(t, c.db(l, "a.db"), `INSERT INTO t VALUES (?)`, i)
+		o.record(i, nil)
+	}
+	mustExec(t, c.db(l, "b.db"), `INSERT INTO t VALUES (1)`)
+	var st Status
+	waitFor(t, 10*time.Second, "the follower to know 4 transactions it has not applied", func() bool {
+		st = c.nodes[f].Status()
+		return st.Lag == 4
+	})
+	if len(st.Databases) != 2 || st.Databases[0].Lag != 3 || st.Databases[1].Lag != 1 {
+		t.Errorf("per database lag: %+v", st.Databases)
+	}
+	faults.Set(wal, faults.None)
+	waitFor(t, 10*time.Second, "the follower to catch up", func() bool {
+		st = c.nodes[f].Status()
+		return st.Lag == 0 && st.Databases[0].Lag == 0 && st.Databases[1].Lag == 0
+	})
+	c.check("a.db", `SELECT x FROM t`, o)
 }
