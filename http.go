@@ -24,7 +24,7 @@ import (
 // The HTTP/JSON API (Config.HTTPAddress), shaped like rqlite's:
 //
 //	POST /db/execute?db=NAME[&transaction]   body: statements
-//	POST /db/query?db=NAME[&level=L][&after=I][&associative]   body: statements
+//	POST /db/query?db=NAME[&level=L][&after=I][&associative]   body: statements (read only, one snapshot)
 //	GET  /db/query?db=NAME&q=SELECT…[&level=L]
 //	GET  /status   GET /readyz   GET /metrics
 //
@@ -423,9 +423,17 @@ func (a *httpAPI) query(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	// One read-only transaction: the statements read one snapshot, and
+	// one that would write fails.
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	defer tx.Rollback()
 	resp := response{Results: make([]result, 0, len(stmts))}
 	for _, s := range stmts {
-		resp.Results = append(resp.Results, queryOne(ctx, db, s, q.Has("associative")))
+		resp.Results = append(resp.Results, queryOne(ctx, tx, s, q.Has("associative")))
 	}
 	resp.Time = time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, resp)

@@ -158,6 +158,13 @@ func TestHTTP_API(t *testing.T) {
 		}
 	}
 
+	// /db/query does not write.
+	code, r, raw = call(t, cl, base(f), "/db/query?db=h.db", `["DELETE FROM t", "INSERT INTO t (id) VALUES (50) RETURNING id"]`)
+	if code != 200 || len(r.Results) != 2 || r.Results[0].Error == "" || r.Results[1].Error == "" {
+		t.Errorf("writes through /db/query: %d %s", code, raw)
+	}
+	o.record(50, fmt.Errorf("refused"))
+
 	// A transaction over MaxTxSize fails at its commit, on the leader.
 	code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db", `["INSERT INTO t (id, b) VALUES (40, zeroblob(2000000))"]`)
 	if code != 200 || !strings.Contains(r.Results[0].Error, "too large") {
