@@ -76,6 +76,8 @@ type testNet struct {
 }
 
 func (tn *testNet) index(addr string) int {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
 	for i, a := range tn.addrs {
 		if a == addr {
 			return i

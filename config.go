@@ -263,8 +263,10 @@ func (c Config) Validate() error {
 	if c.Dir == "" {
 		add("Dir is required")
 	}
-	if r := c.Roles; r != nil && (r.Voters < 0 || r.Standbys < 0 || r.UnreachableAfter < 0 || r.ProbeInterval < 0) {
-		add("Roles %+v has a negative value", *r)
+	if c.Roles != nil {
+		if err := c.Roles.validate(); err != nil {
+			add("%v", err)
+		}
 	}
 	if c.HTTPAddress != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddress); err != nil {
@@ -323,6 +325,9 @@ func (c Config) Validate() error {
 				add("Cluster names address %s twice", p.Address)
 			}
 			ids[p.ID], addrs[p.Address] = true, true
+			if err := checkAddress(p.Address); err != nil {
+				add("Cluster: node %d: %v", p.ID, err)
+			}
 			if p.Role != "" {
 				if err := checkRole(p.Role); err != nil {
 					add("Cluster: node %d: %v", p.ID, err)

@@ -76,6 +76,9 @@ func (n *Node) TransferLeadership(ctx context.Context, id NodeID) error {
 		for _, p := range peers {
 			if p.ID == id {
 				addr = p.Address
+				if p.Role != Voter {
+					return fmt.Errorf("dqlite: node %d is a %s: only a voter can lead", id, p.Role)
+				}
 			}
 		}
 		if addr == "" {

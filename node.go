@@ -47,6 +47,7 @@ type Node struct {
 	writeFloor atomic.Uint64 // highest index of a write forwarded through this node
 	metrics    *metrics.Set  // nil when metrics are off
 	http       *httpAPI      // nil when the HTTP API is off
+	roleRounds atomic.Int64  // rounds of role management run (for tests)
 
 	mu       sync.Mutex
 	closed   bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -53,6 +54,14 @@ func (n *Node) roleChange(ctx context.Context, role Role) ([]Peer, error) {
 	return n.Members(ctx)
 }
 
+// checkAddress refuses what is no host:port, the spare mark included.
+func checkAddress(address string) error {
+	if _, _, err := net.SplitHostPort(address); err != nil || strings.HasPrefix(address, spareMark) {
+		return fmt.Errorf("dqlite: address %q is not host:port", address)
+	}
+	return nil
+}
+
 func checkRole(r Role) error {
 	switch r {
 	case Voter, Standby, Spare:
@@ -70,6 +79,9 @@ func checkRole(r Role) error {
 func (n *Node) AddNode(ctx context.Context, id NodeID, address string, role Role) error {
 	if id == 0 || address == "" {
 		return fmt.Errorf("dqlite: adding a node needs a non-zero ID and an address")
+	}
+	if err := checkAddress(address); err != nil {
+		return err
 	}
 	members, err := n.roleChange(ctx, role)
 	if err != nil {
@@ -102,6 +114,11 @@ func (n *Node) AddNode(ctx context.Context, id NodeID, address string, role Role
 // counts towards the quorum without acknowledging, so prefer making it a
 // standby, then a voter (automatic role management does). The leader
 // cannot be assigned another role: transfer leadership first.
+//
+// A move to or from spare is several configuration changes, the member
+// removed and added again (Raft cannot change a member's address in
+// place safely); should the last fail (no quorum, leadership lost), the
+// node is no member any more: add it again.
 func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 	members, err := n.roleChange(ctx, role)
 	if err != nil {
@@ -118,24 +135,37 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 	if id == n.cfg.ID {
 		return fmt.Errorf("dqlite: node %d leads: transfer leadership before assigning it the role %s", id, role)
 	}
-	sid, addr := serverID(id), raft.ServerAddress(p.Address)
-	var f raft.Future
+	sid, addr, t := serverID(id), raft.ServerAddress(p.Address), timeoutOf(ctx)
+	// A spare's Raft address differs from its address as a standby or
+	// voter. Raft changes a member's address in place racily (its
+	// replication goroutine reads the peer it replaces without a lock), so
+	// a move to or from spare removes the member and adds it again.
+	demote := func() raft.Future { return n.raft.DemoteVoter(sid, 0, t) }
+	remove := func() raft.Future { return n.raft.RemoveServer(sid, 0, t) }
+	addVoter := func() raft.Future { return n.raft.AddVoter(sid, addr, 0, t) }
+	addStandby := func() raft.Future { return n.raft.AddNonvoter(sid, addr, 0, t) }
+	addSpare := func() raft.Future { return n.raft.AddNonvoter(sid, spareMark+addr, 0, t) }
+	var steps []func() raft.Future
 	switch {
-	case role == Voter:
-		f = n.raft.AddVoter(sid, addr, 0, timeoutOf(ctx))
+	case role == Voter && p.Role == Standby:
+		steps = append(steps, addVoter)
+	case role == Voter: // from spare
+		steps = append(steps, remove, addVoter)
 	case role == Standby && p.Role == Voter:
-		f = n.raft.DemoteVoter(sid, 0, timeoutOf(ctx))
-	case role == Standby:
-		f = n.raft.AddNonvoter(sid, addr, 0, timeoutOf(ctx))
-	default: // a spare
-		if p.Role == Voter {
-			if err := n.mapMembershipErr(waitFuture(ctx, n.raft.DemoteVoter(sid, 0, timeoutOf(ctx)))); err != nil {
-				return err
-			}
-		}
-		f = n.raft.AddNonvoter(sid, spareMark+addr, 0, timeoutOf(ctx))
+		steps = append(steps, demote)
+	case role == Standby: // from spare
+		steps = append(steps, remove, addStandby)
+	case p.Role == Voter: // to spare
+		steps = append(steps, demote, remove, addSpare)
+	default: // standby to spare
+		steps = append(steps, remove, addSpare)
 	}
-	return n.mapMembershipErr(waitFuture(ctx, f))
+	for _, step := range steps {
+		if err := n.mapMembershipErr(waitFuture(ctx, step())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // RoleConfig turns on automatic role management (Config.Roles): the
@@ -152,15 +182,17 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 //     leader), or else make a reachable spare a standby (it is promoted
 //     once it has caught up);
 //  2. a voter unreachable for UnreachableAfter: make it a spare;
-//  3. more reachable voters than Voters: make one (not the leader) a
+//  3. more voters that answer than Voters: make one (not the leader) a
 //     standby;
 //  4. a standby unreachable for UnreachableAfter: make it a spare;
 //  5. fewer reachable standbys than Standbys: make a reachable spare a
 //     standby;
 //  6. more reachable standbys than Standbys: make one a spare.
 //
-// A member that comes back after being made a spare stays one until a
-// role is needed. Every change is a Raft configuration change, so it needs
+// A voter is demoted (steps 2 and 3) only if the voters left that
+// answered the round's probe are a quorum of the voters left. A member
+// that comes back after being made a spare stays one until a role is
+// needed. Every change is a Raft configuration change, so it needs
 // a quorum of the current voters: a cluster that lost its quorum needs
 // Recover.
 type RoleConfig struct {
@@ -179,6 +211,19 @@ func (rc RoleConfig) withDefaults() RoleConfig {
 	rc.UnreachableAfter = or(rc.UnreachableAfter, 30*time.Second)
 	rc.ProbeInterval = or(rc.ProbeInterval, time.Second)
 	return rc
+}
+
+func (rc RoleConfig) validate() error {
+	rc = rc.withDefaults()
+	switch {
+	case rc.Voters < 0 || rc.Standbys < 0:
+		return fmt.Errorf("Roles: Voters %d and Standbys %d must not be negative", rc.Voters, rc.Standbys)
+	case rc.ProbeInterval < 10*time.Millisecond:
+		return fmt.Errorf("Roles: ProbeInterval %v is under 10ms: a probe needs time to be answered", rc.ProbeInterval)
+	case rc.UnreachableAfter < 2*rc.ProbeInterval:
+		return fmt.Errorf("Roles: UnreachableAfter %v is under two ProbeIntervals (%v)", rc.UnreachableAfter, rc.ProbeInterval)
+	}
+	return nil
 }
 
 // caughtUp is how far, in Raft entries, a standby may trail the leader's
@@ -207,6 +252,7 @@ func (n *Node) manageRoles() {
 			if err := m.round(); err != nil && !errors.Is(err, ErrClosed) {
 				n.cfg.Logger.Warn("role management", "err", err)
 			}
+			n.roleRounds.Add(1)
 		}
 	}
 }
@@ -293,12 +339,21 @@ func (m *roleManager) round() error {
 			}
 		}
 	}
-	if dead := count(voters, down); len(dead) > 0 && len(upVoters) >= min(m.rc.Voters, len(voters)) {
+	// A voter is demoted only if the voters left, those that answered
+	// this round, are a quorum of the voters left: never a change that
+	// leaves the cluster unable to commit.
+	keepsQuorum := func(p Peer) bool {
+		left := count(voters, func(v Peer) bool { return v.ID != p.ID })
+		return len(count(left, reachable)) > len(left)/2
+	}
+	if dead := count(voters, down); len(dead) > 0 && len(upVoters) >= min(m.rc.Voters, len(voters)) && keepsQuorum(dead[0]) {
 		return assign(dead[0], Spare, fmt.Sprintf("unreachable for %s", m.rc.UnreachableAfter))
 	}
-	if len(upVoters) > m.rc.Voters {
-		others := count(upVoters, func(p Peer) bool { return p.ID != n.cfg.ID })
-		return assign(last(others), Standby, fmt.Sprintf("%d voters, %d wanted", len(upVoters), m.rc.Voters))
+	if answered := count(voters, reachable); len(answered) > m.rc.Voters {
+		others := count(answered, func(p Peer) bool { return p.ID != n.cfg.ID })
+		if p := last(others); keepsQuorum(p) {
+			return assign(p, Standby, fmt.Sprintf("%d voters answer, %d wanted", len(answered), m.rc.Voters))
+		}
 	}
 	if dead := count(standbys, down); len(dead) > 0 {
 		return assign(dead[0], Spare, fmt.Sprintf("unreachable for %s", m.rc.UnreachableAfter))

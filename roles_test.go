@@ -95,6 +95,18 @@ func TestRoles_Assign(t *testing.T) {
 	if err := c.nodes[s].Assign(ctx, c.nodes[p].ID(), Voter); !errors.As(err, new(*NotLeaderError)) {
 		t.Errorf("Assign on a follower: %v", err)
 	}
+	for _, addr := range []string{spareMark + c.nodes[s].Address(), "nohostport"} {
+		if err := ld.AddNode(ctx, 9, addr, Standby); err == nil || !strings.Contains(err.Error(), "not host:port") {
+			t.Errorf("AddNode at %q: %v", addr, err)
+		}
+	}
+	if err := ld.TransferLeadership(ctx, c.nodes[s].ID()); err == nil || !strings.Contains(err.Error(), "only a voter") {
+		t.Errorf("transfer to a standby: %v", err)
+	}
+	bad := Config{ID: 1, Address: "127.0.0.1:1", Dir: t.TempDir(), Roles: &RoleConfig{ProbeInterval: time.Nanosecond}}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "ProbeInterval") {
+		t.Errorf("a 1ns ProbeInterval: %v", err)
+	}
 	c.write(o, 11, 21)
 	if err := c.nodes[s].WaitApplied(ctx, ld.AppliedIndex()); err != nil {
 		t.Fatal(err)
@@ -210,5 +222,39 @@ func TestRoles_Auto(t *testing.T) {
 		t.Errorf("the old leader %d should be a spare: %v", old, r)
 	}
 	c.write(o, 61, 71)
+	c.check("r.db", `SELECT id FROM t`, o)
+}
+
+// TestRoles_NeverDemotesBelowQuorum: 5 voters, 2 of them down (but not
+// for UnreachableAfter yet), 3 voters wanted: the 3 that answer are all a
+// quorum has, so none is demoted, and writes go on. (Role management is
+// turned on once the 2 are down: with all 5 up it would rightly make 2
+// of them standbys.)
+func TestRoles_NeverDemotesBelowQuorum(t *testing.T) {
+	c := newCluster(t, 5)
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "r.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	down := 0
+	for i := range c.nodes {
+		if i != l && down < 2 {
+			c.stop(i)
+			down++
+		}
+	}
+	for i := range c.nodes {
+		if c.nodes[i] != nil {
+			c.stop(i)
+			c.cfgs[i].Roles = &RoleConfig{Voters: 3, UnreachableAfter: time.Minute, ProbeInterval: 50 * time.Millisecond}
+			c.restart(i)
+		}
+	}
+	l = c.waitLeader()
+	start := c.nodes[l].roleRounds.Load()
+	waitFor(t, 30*time.Second, "20 rounds of role management", func() bool { return c.nodes[l].roleRounds.Load() >= start+20 })
+	if r, _ := c.roles(); len(r[Voter]) != 5 {
+		t.Errorf("roles after 20 rounds: %v", r)
+	}
+	o := newOutcome()
+	c.write(o, 1, 11)
 	c.check("r.db", `SELECT id FROM t`, o)
 }
