@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql"
+	sqldriver "database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,8 +44,17 @@ type httpAPI struct {
 	ln  net.Listener
 
 	mu  sync.Mutex
-	dbs map[string]*sql.DB
+	dbs map[string]*cachedDB
 }
+
+// cachedDB is a database's *sql.DB, kept for the requests that follow:
+// at most maxCachedDBs, the least recently used closed first.
+type cachedDB struct {
+	db   *sql.DB
+	used time.Time
+}
+
+const maxCachedDBs = 64
 
 // listenHTTP listens on Config.HTTPAddress (a host left out means
 // 127.0.0.1); serveHTTP serves the API there until Close.
@@ -63,7 +75,7 @@ func (n *Node) listenHTTP() error {
 	if n.cfg.TLS != nil {
 		ln = tls.NewListener(ln, serverTLS(n.cfg.TLS))
 	}
-	a := &httpAPI{n: n, ln: ln, dbs: map[string]*sql.DB{}}
+	a := &httpAPI{n: n, ln: ln, dbs: map[string]*cachedDB{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/db/execute", a.execute)
 	mux.HandleFunc("/db/query", a.query)
@@ -78,7 +90,7 @@ func (n *Node) listenHTTP() error {
 		g = r
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+	a.srv = &http.Server{Handler: a.guard(mux), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return n.serveCtx }}
 	n.http = a
 	return nil
@@ -98,6 +110,35 @@ func (n *Node) serveHTTP() {
 	}()
 }
 
+// guard refuses what a web page could send from a browser: a POST that is
+// not JSON (a form or text/plain needs no CORS preflight, so another site
+// could make the operator's browser send it), and, on a loopback listener
+// without TLS, a Host that is no loopback name (DNS rebinding: a site
+// whose name resolves to 127.0.0.1 would read the answers).
+func (a *httpAPI) guard(h http.Handler) http.Handler {
+	loopback := false
+	if ta, ok := a.ln.Addr().(*net.TCPAddr); ok && a.n.cfg.TLS == nil {
+		loopback = ta.IP.IsLoopback()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if loopback {
+			host, _, err := net.SplitHostPort(r.Host)
+			if err != nil {
+				host = r.Host
+			}
+			if ip := net.ParseIP(strings.Trim(host, "[]")); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				a.fail(w, httpError{http.StatusForbidden, fmt.Errorf("Host %q: this API listens on loopback and answers only requests for 127.0.0.1 or localhost", r.Host)})
+				return
+			}
+		}
+		if r.Method == http.MethodPost && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+			a.fail(w, httpError{http.StatusUnsupportedMediaType, errors.New("a POST's body must be JSON, sent with Content-Type: application/json")})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // HTTPAddress returns the address the HTTP API listens on, or "" when it
 // is off.
 func (n *Node) HTTPAddress() string {
@@ -111,8 +152,8 @@ func (a *httpAPI) close() {
 	a.srv.Close()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, db := range a.dbs {
-		db.Close()
+	for _, c := range a.dbs {
+		c.db.Close()
 	}
 }
 
@@ -123,11 +164,12 @@ func (a *httpAPI) db(ctx context.Context, name string, create bool) (*sql.DB, er
 		name = DefaultHTTPDatabase
 	}
 	a.mu.Lock()
-	db := a.dbs[name]
-	a.mu.Unlock()
-	if db != nil {
-		return db, nil
+	if c := a.dbs[name]; c != nil {
+		c.used = time.Now()
+		a.mu.Unlock()
+		return c.db, nil
 	}
+	a.mu.Unlock()
 	if err := a.n.fsm.CheckName(name); err != nil {
 		return nil, err
 	}
@@ -142,10 +184,56 @@ func (a *httpAPI) db(ctx context.Context, name string, create bool) (*sql.DB, er
 	defer a.mu.Unlock()
 	if old := a.dbs[name]; old != nil {
 		db.Close()
-		return old, nil
+		return old.db, nil
 	}
-	a.dbs[name] = db
+	if len(a.dbs) >= maxCachedDBs {
+		// Requests that hold a connection of it finish first (DB.Close
+		// waits for them).
+		var oldest string
+		for k, c := range a.dbs {
+			if oldest == "" || c.used.Before(a.dbs[oldest].used) {
+				oldest = k
+			}
+		}
+		go a.dbs[oldest].db.Close()
+		delete(a.dbs, oldest)
+	}
+	a.dbs[name] = &cachedDB{db: db, used: time.Now()}
 	return db, nil
+}
+
+// refused says why a statement may not run through the API: transactions
+// are the request's (&transaction), and the node's files are not the
+// client's.
+func refused(s stmtReq) string {
+	switch kw := driver.FirstKeyword(s.SQL); kw {
+	case "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+		return kw + " is not allowed: a request runs each statement on its own, or all in one transaction with &transaction"
+	case "ATTACH", "DETACH", "VACUUM":
+		return kw + " is not allowed through the HTTP API: it would use files on the node's machine"
+	}
+	return ""
+}
+
+// session runs a request's statements on a connection of its own, and
+// closes it for good afterwards if they left it different from a fresh
+// one (a transaction open, a PRAGMA set), so that no request sees
+// another's state.
+func session(ctx context.Context, db *sql.DB, stmts []stmtReq, run func(*sql.Conn) error) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	err = run(conn)
+	dirty := slices.ContainsFunc(stmts, func(s stmtReq) bool { return driver.FirstKeyword(s.SQL) == "PRAGMA" })
+	conn.Raw(func(dc any) error {
+		if t, ok := dc.(interface{ InTransaction() bool }); dirty || !ok || t.InTransaction() {
+			return sqldriver.ErrBadConn // database/sql closes it
+		}
+		return nil
+	})
+	return err
 }
 
 type stmtReq struct {
@@ -288,9 +376,14 @@ type response struct {
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code = http.StatusInternalServerError
+		b, _ = json.Marshal(response{Error: "cannot encode the answer: " + err.Error()})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	w.Write(append(b, '\n'))
 }
 
 // fail answers a request that could not run at all.
@@ -331,11 +424,16 @@ func (a *httpAPI) execute(w http.ResponseWriter, r *http.Request) {
 	var index uint64
 	ctx := driver.WithCommitIndex(r.Context(), &index)
 	resp := response{Results: make([]result, 0, len(stmts))}
-	if q.Has("transaction") {
-		tx, err := db.BeginTx(ctx, nil)
+	err = session(ctx, db, stmts, func(conn *sql.Conn) error {
+		if !q.Has("transaction") {
+			for _, s := range stmts {
+				resp.Results = append(resp.Results, execOne(ctx, conn, s))
+			}
+			return nil
+		}
+		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
-			a.fail(w, err)
-			return
+			return err
 		}
 		for _, s := range stmts {
 			res := execOne(ctx, tx, s)
@@ -354,23 +452,33 @@ func (a *httpAPI) execute(w http.ResponseWriter, r *http.Request) {
 			}
 			index = 0
 		}
-	} else {
-		for _, s := range stmts {
-			resp.Results = append(resp.Results, execOne(ctx, db, s))
-		}
+		return nil
+	})
+	if err != nil {
+		a.fail(w, err)
+		return
 	}
 	resp.Index = index
 	resp.Time = time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, resp)
 }
 
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+type preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
-func execOne(ctx context.Context, e execer, s stmtReq) result {
-	res, err := e.ExecContext(ctx, s.SQL, s.Args...)
+// execOne runs one statement. It is prepared first, which refuses a text
+// holding more than one.
+func execOne(ctx context.Context, e preparer, s stmtReq) result {
+	if why := refused(s); why != "" {
+		return result{Error: why}
+	}
+	st, err := e.PrepareContext(ctx, s.SQL)
+	if err != nil {
+		return result{Error: err.Error()}
+	}
+	defer st.Close()
+	res, err := st.ExecContext(ctx, s.Args...)
 	if err != nil {
 		return result{Error: err.Error()}
 	}
@@ -425,22 +533,36 @@ func (a *httpAPI) query(w http.ResponseWriter, r *http.Request) {
 	}
 	// One read-only transaction: the statements read one snapshot, and
 	// one that would write fails.
-	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	resp := response{Results: make([]result, 0, len(stmts))}
+	err = session(ctx, db, stmts, func(conn *sql.Conn) error {
+		tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		for _, s := range stmts {
+			resp.Results = append(resp.Results, queryOne(ctx, tx, s, q.Has("associative")))
+		}
+		return nil
+	})
 	if err != nil {
 		a.fail(w, err)
 		return
-	}
-	defer tx.Rollback()
-	resp := response{Results: make([]result, 0, len(stmts))}
-	for _, s := range stmts {
-		resp.Results = append(resp.Results, queryOne(ctx, tx, s, q.Has("associative")))
 	}
 	resp.Time = time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func queryOne(ctx context.Context, e execer, s stmtReq, assoc bool) result {
-	rows, err := e.QueryContext(ctx, s.SQL, s.Args...)
+func queryOne(ctx context.Context, e preparer, s stmtReq, assoc bool) result {
+	if why := refused(s); why != "" {
+		return result{Error: why}
+	}
+	st, err := e.PrepareContext(ctx, s.SQL)
+	if err != nil {
+		return result{Error: err.Error()}
+	}
+	defer st.Close()
+	rows, err := st.QueryContext(ctx, s.Args...)
 	if err != nil {
 		return result{Error: err.Error()}
 	}
@@ -462,6 +584,12 @@ func queryOne(ctx context.Context, e execer, s stmtReq, assoc bool) result {
 		}
 		if err := rows.Scan(ptrs...); err != nil {
 			return result{Error: err.Error()}
+		}
+		for i, v := range vals {
+			// JSON has no infinities or NaN: SQLite's are given as text.
+			if f, ok := v.(float64); ok && (math.IsInf(f, 0) || math.IsNaN(f)) {
+				vals[i] = strconv.FormatFloat(f, 'g', -1, 64)
+			}
 		}
 		if assoc {
 			m := make(map[string]any, len(vals))

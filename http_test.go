@@ -158,6 +158,52 @@ func TestHTTP_API(t *testing.T) {
 		}
 	}
 
+	// A request's statements cannot leave its connection in a state the
+	// next request would inherit, nor commit part of a transaction.
+	code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db", `["BEGIN", "INSERT INTO t (id) VALUES (60); INSERT INTO t (id) VALUES (61)", "PRAGMA query_only=1"]`)
+	if code != 200 || !strings.Contains(r.Results[0].Error, "not allowed") || r.Results[1].Error == "" {
+		t.Errorf("BEGIN and a script: %d %s", code, raw)
+	}
+	o.record(60, fmt.Errorf("refused"))
+	o.record(61, fmt.Errorf("refused"))
+	code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db&transaction", `[["INSERT INTO t (id) VALUES (?)", 62], "COMMIT", ["INSERT INTO t (id) VALUES (?)", 63]]`)
+	if code != 200 || len(r.Results) != 2 || !strings.Contains(r.Results[1].Error, "not allowed") || r.Index != 0 {
+		t.Errorf("COMMIT inside &transaction: %d %s", code, raw)
+	}
+	o.record(62, fmt.Errorf("rolled back"))
+	o.record(63, fmt.Errorf("never ran"))
+	for k := range 4 { // every pooled connection: none is read-only or in a transaction
+		code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db", fmt.Sprintf(`[["INSERT INTO t (id) VALUES (?)", %d]]`, 70+k))
+		if code != 200 || r.Results[0].Error != "" || r.Index == 0 {
+			t.Errorf("a write after those: %d %s", code, raw)
+		}
+		o.record(int64(70+k), nil)
+	}
+	code, r, raw = call(t, cl, base(f), "/db/query?db=h.db", `["SELECT 1e999, -1e999"]`)
+	if code != 200 || !strings.Contains(raw, `[["+Inf","-Inf"]]`) {
+		t.Errorf("infinities: %d %s", code, raw)
+	}
+	// What a web page could make a browser send: a form POST, or a
+	// request for another host name resolving to 127.0.0.1.
+	resp, err := cl.Post(base(f)+"/db/execute?db=h.db", "text/plain", strings.NewReader(`["DELETE FROM t"]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Errorf("a text/plain POST: %s", resp.Status)
+	}
+	req, _ := http.NewRequest("GET", base(f)+"/status", nil)
+	req.Host = "evil.example:80"
+	resp, err = cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a request for another host: %s", resp.Status)
+	}
+
 	// /db/query does not write.
 	code, r, raw = call(t, cl, base(f), "/db/query?db=h.db", `["DELETE FROM t", "INSERT INTO t (id) VALUES (50) RETURNING id"]`)
 	if code != 200 || len(r.Results) != 2 || r.Results[0].Error == "" || r.Results[1].Error == "" {
@@ -173,7 +219,7 @@ func TestHTTP_API(t *testing.T) {
 	o.record(40, fmt.Errorf("too large"))
 
 	// /status, /readyz, /metrics.
-	resp, err := cl.Get(base(f) + "/status")
+	resp, err = cl.Get(base(f) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}

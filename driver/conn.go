@@ -737,6 +737,14 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
+// InTransaction reports whether a transaction is open on the connection,
+// here or on the leader (database/sql's Conn.Raw reaches it).
+func (c *conn) InTransaction() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inTx || c.remote || (c.raw != nil && !c.raw.GetAutocommit())
+}
+
 // IsValid implements driver.Validator: a closed connection, or one whose
 // database stopped, is not reused.
 func (c *conn) IsValid() bool {

@@ -141,7 +141,11 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 // space and comments. The authorizer lets VACUUM write to the database it
 // attaches itself for VACUUM INTO ("vacuum_…"), and ANALYZE write its
 // statistics into attached files.
-func firstKeyword(query string) string {
+func firstKeyword(query string) string { return FirstKeyword(query) }
+
+// FirstKeyword returns the first word of a statement, upper-cased, past
+// white space and comments ("" if none).
+func FirstKeyword(query string) string {
 	if f := keywords(query, 1); len(f) == 1 {
 		return f[0]
 	}

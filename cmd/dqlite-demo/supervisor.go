@@ -215,7 +215,7 @@ func (s *supervisor) start() error {
 	fmt.Fprintf(s.out, "open a shell on the cluster with: go run ./cmd/dqlite %s test.db\n", strings.Join(addrs, ","))
 	h := s.http[0].Addr()
 	fmt.Fprintf(s.out, "or use node 1's HTTP API: curl -s http://%s/status\n", h)
-	fmt.Fprintf(s.out, "  curl -s 'http://%s/db/query?db=test.db&level=linearizable' -d '[\"SELECT count(*) FROM test\"]'\n", h)
+	fmt.Fprintf(s.out, "  curl -s 'http://%s/db/query?db=test.db&level=linearizable' -H 'Content-Type: application/json' -d '[\"SELECT count(*) FROM test\"]'\n", h)
 	fmt.Fprintf(s.out, "  curl -s http://%s/metrics | grep ^dqlite_\n", h)
 	for i := range s.o.nodes {
 		if err := s.spawn(i, 0); err != nil {
