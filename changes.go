@@ -4,41 +4,47 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/godqlite/dqlite/internal/command"
 )
 
-// Change is one committed write transaction of a database.
+// Change is what one Raft log entry committed in a database: one write
+// transaction, or several that the leader committed together (it batches
+// the transactions of concurrent writers into one entry).
 type Change struct {
-	// Index is the Raft index of the log entry that carries the
-	// transaction. The leader may batch transactions of several
-	// connections into one entry: they share its index, and come in
-	// commit order. To resume after a restart, subscribe after the index
-	// of the last change handled.
+	// Index is the Raft index of the entry. To resume after a restart,
+	// subscribe after the Index of the last change handled.
 	Index    uint64
 	Database string
-	// Tables lists the tables the transaction changed, in the order it
-	// first changed them; nil when unknown (an entry written by a version
-	// of dqlite that did not record changes).
+	// Transactions is how many write transactions the entry carries.
+	Transactions int
+	// Tables lists the tables they changed, in the order first changed.
 	Tables []TableChange
+	// Unknown: some of the entry's changes are not in Tables, because
+	// SQLite's hooks do not report them (VACUUM, a PRAGMA that writes, such
+	// as user_version) or the entry was written by a version of dqlite that
+	// did not record changes. Read again what depends on the database.
+	Unknown bool
 }
 
-// TableChange is what a transaction changed in one table.
+// TableChange is what a change did to one table.
 type TableChange struct {
 	Table                      string
 	Inserted, Updated, Deleted bool
-	// Keys are the rowids of the rows changed (inserted, updated,
-	// deleted, and the old rowid of a row that an UPDATE moved),
-	// ascending; only when the subscription asked for them. A row that a
-	// statement or savepoint changed and then undid within the
-	// transaction may be listed too.
+	// Keys are the rowids of the rows changed (inserted, updated, deleted,
+	// and both rowids of a row an UPDATE moved), ascending; only when the
+	// subscription asked for them. A row that a statement or savepoint
+	// changed and then undid within a transaction may be listed too.
 	Keys []int64
 	// Partial: Keys does not list every row changed. A WITHOUT ROWID
-	// table's rows have no rowid, and a transaction records at most 65,536
-	// keys.
+	// table's rows have no rowid, a transaction records at most 65,536
+	// keys, and a change of the schema (CREATE, DROP, ALTER) is listed as
+	// the table sqlite_schema, partial.
 	Partial bool
 }
 
@@ -55,11 +61,14 @@ type Subscription struct {
 	database string
 	keys     bool
 
-	mu      sync.Mutex
-	next    uint64   // index of the next log entry to read
-	pending []Change // read from an entry, not delivered yet
-	closed  bool
-	cancel  context.CancelFunc
+	mu     sync.Mutex
+	next   uint64 // index of the next log entry to read
+	closed bool
+	cancel context.CancelFunc
+	// trusted: the log's entries up to the latest snapshot's index,
+	// trustedAt, are of the snapshot's history (see trust).
+	trusted   bool
+	trustedAt uint64
 }
 
 // Subscribe returns the committed write transactions of database from
@@ -99,17 +108,21 @@ func (s *Subscription) Next(ctx context.Context) (Change, error) {
 	s.cancel = cancel
 	s.mu.Unlock()
 	defer cancel()
-	for len(s.pending) == 0 {
-		if err := s.read(ctx); err != nil {
-			if s.isClosed() {
-				return Change{}, ErrClosed
-			}
+	for {
+		c, ok, err := s.read(ctx)
+		if s.isClosed() {
+			return Change{}, ErrClosed
+		}
+		if err != nil {
+			return Change{}, err
+		}
+		if ok {
+			return c, nil
+		}
+		if err := ctx.Err(); err != nil {
 			return Change{}, err
 		}
 	}
-	c := s.pending[0]
-	s.pending = s.pending[1:]
-	return c, nil
 }
 
 // Close ends the subscription: a Next waiting returns ErrClosed.
@@ -129,64 +142,130 @@ func (s *Subscription) isClosed() bool {
 	return s.closed
 }
 
-// read reads the next log entry once the node has applied it, and queues
-// the changes of the database it carries, if any.
-func (s *Subscription) read(ctx context.Context) error {
+// read reads the next log entry once the node has applied it, and returns
+// the change it carries for the database, if any (ok).
+func (s *Subscription) read(ctx context.Context) (c Change, ok bool, err error) {
 	n, i := s.n, s.next
-	if err := n.fsm.WaitApplied(ctx, i); err != nil {
-		return err
+	var l raft.Log
+	for n.fsm.AppliedIndex() < i {
+		// Raft's own entries (its no-op, configuration changes) never reach
+		// the FSM: one that is committed is passed without waiting.
+		if i <= n.raft.CommitIndex() && n.store.GetLog(i, &l) == nil && l.Type != raft.LogCommand {
+			if err := s.check(i); err != nil {
+				return c, false, err
+			}
+			s.next = i + 1
+			return c, false, nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		err := n.fsm.WaitApplied(wctx, i)
+		cancel()
+		if err != nil && (ctx.Err() != nil || errors.Is(err, ErrClosed)) {
+			return c, false, err
+		}
 	}
 	if err := n.checkOpen(); err != nil {
-		return err
+		return c, false, err
 	}
-	var l raft.Log
-	err := n.store.GetLog(i, &l)
-	if n.checkOpen() != nil {
-		return ErrClosed
+	l = raft.Log{}
+	gerr := n.store.GetLog(i, &l)
+	if err := s.check(i); err != nil {
+		return c, false, err
 	}
-	// The log's first index is read after the entry: a store may still
-	// hold entries it deleted (raft-wal keeps a segment until it is all
-	// deleted), and those that a snapshot install deleted may be of
-	// another history (so are those up to a snapshot installed, until Raft
-	// deletes them). An entry at or after the first index once read
-	// was committed, and stays valid even if compaction removes it now.
-	first, ferr := n.store.FirstIndex()
-	if ferr == nil && (first == 0 || i < first || i <= n.fsm.Installed()) {
-		return fmt.Errorf("%w: the log of node %d starts at index %d, the subscription is at %d",
-			ErrCompacted, n.cfg.ID, first, i)
+	if gerr != nil {
+		if errors.Is(gerr, raft.ErrLogNotFound) {
+			return c, false, fmt.Errorf("%w: entry %d is not in the log of node %d", ErrCompacted, i, n.cfg.ID)
+		}
+		return c, false, fmt.Errorf("dqlite: read Raft log entry %d: %w", i, gerr)
 	}
-	if err != nil {
-		return fmt.Errorf("dqlite: read Raft log entry %d: %w", i, err)
-	}
-	s.next = i + 1
 	if l.Type != raft.LogCommand {
-		return nil
+		s.next = i + 1
+		return c, false, nil
 	}
 	cmd, err := command.Decode(l.Data)
 	if err != nil {
-		return fmt.Errorf("dqlite: Raft log entry %d: %w", i, err)
+		return c, false, fmt.Errorf("dqlite: Raft log entry %d: %w", i, err)
 	}
-	f, ok := cmd.(*command.Frames)
-	if !ok || f.Database != s.database || (f.Term != 0 && f.Term != l.Term) {
+	s.next = i + 1
+	f, isFrames := cmd.(*command.Frames)
+	if !isFrames || f.Database != s.database || (f.Term != 0 && f.Term != l.Term) {
 		// Not this database's, or an entry every node skips (built in
 		// another term than it was logged in: see FSM.Apply).
+		return c, false, nil
+	}
+	return s.change(i, f), true, nil
+}
+
+// check fails with ErrCompacted when entry i, just read, may not be of
+// the cluster's history. The log's first index is read after the entry: a
+// store may still hold entries it deleted (raft-wal keeps a segment until
+// it is all deleted). And the entries up to the latest snapshot may be of
+// another history when the snapshot was installed from the leader (Raft
+// keeps the trailing entries of the log it had, uncommitted ones
+// included): they are trusted only if the log's entry at the snapshot's
+// index has the snapshot's term, which by Raft's log matching makes the
+// log's prefix the snapshot's history.
+func (s *Subscription) check(i uint64) error {
+	n := s.n
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	first, err := n.store.FirstIndex()
+	if err == nil && (first == 0 || i < first) {
+		return fmt.Errorf("%w: the log of node %d starts at index %d, the subscription is at %d",
+			ErrCompacted, n.cfg.ID, first, i)
+	}
+	snap, ok := n.snaps.Latest()
+	if !ok || i > snap.Raft.Index {
 		return nil
 	}
-	if f.Changes == nil {
-		s.pending = append(s.pending, Change{Index: i, Database: f.Database})
-		return nil
+	if !s.trusted || s.trustedAt != snap.Raft.Index {
+		var l raft.Log
+		s.trustedAt = snap.Raft.Index
+		s.trusted = n.store.GetLog(snap.Raft.Index, &l) == nil && l.Term == snap.Raft.Term
 	}
-	for _, tx := range f.Changes {
-		c := Change{Index: i, Database: f.Database, Tables: make([]TableChange, 0, len(tx))}
-		for _, t := range tx {
-			tc := TableChange{Table: t.Table, Inserted: t.Ops&command.OpInsert != 0, Updated: t.Ops&command.OpUpdate != 0,
-				Deleted: t.Ops&command.OpDelete != 0, Partial: t.Ops&command.OpPartial != 0}
-			if s.keys {
-				tc.Keys = t.Keys
-			}
-			c.Tables = append(c.Tables, tc)
-		}
-		s.pending = append(s.pending, c)
+	if !s.trusted {
+		return fmt.Errorf("%w: node %d installed a snapshot at index %d, and its log before it may be of another history",
+			ErrCompacted, n.cfg.ID, snap.Raft.Index)
 	}
 	return nil
+}
+
+// change merges what an entry's transactions changed.
+func (s *Subscription) change(i uint64, f *command.Frames) Change {
+	c := Change{Index: i, Database: f.Database, Transactions: len(f.Changes)}
+	if f.Changes == nil {
+		c.Transactions, c.Unknown = 1, true
+		return c
+	}
+	at := map[string]int{}
+	for _, tx := range f.Changes {
+		for _, t := range tx {
+			if t.Table == "" {
+				c.Unknown = true // a transaction whose changes the hooks did not see
+				continue
+			}
+			k, seen := at[t.Table]
+			if !seen {
+				k = len(c.Tables)
+				at[t.Table] = k
+				c.Tables = append(c.Tables, TableChange{Table: t.Table})
+			}
+			tc := &c.Tables[k]
+			tc.Inserted = tc.Inserted || t.Ops&command.OpInsert != 0
+			tc.Updated = tc.Updated || t.Ops&command.OpUpdate != 0
+			tc.Deleted = tc.Deleted || t.Ops&command.OpDelete != 0
+			tc.Partial = tc.Partial || t.Ops&command.OpPartial != 0
+			if s.keys {
+				tc.Keys = append(tc.Keys, t.Keys...)
+			}
+		}
+	}
+	if len(f.Changes) > 1 {
+		for k := range c.Tables {
+			slices.Sort(c.Tables[k].Keys)
+			c.Tables[k].Keys = slices.Compact(c.Tables[k].Keys)
+		}
+	}
+	return c
 }

@@ -36,6 +36,9 @@ func changeString(c Change) string {
 		}
 		parts = append(parts, s)
 	}
+	if c.Unknown {
+		parts = append(parts, "?")
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -104,6 +107,21 @@ func TestSubscribe(t *testing.T) {
 	mustExec(t, db, `CREATE UNIQUE INDEX t_v ON t (v)`)
 	mustExec(t, db, `INSERT OR REPLACE INTO t (id, v) VALUES (20, 'z')`)
 	mustExec(t, db, `DELETE FROM log`)
+	// A schema change that did not happen is not listed; one that the
+	// hooks cannot see is said to be unknown.
+	mustExec(t, db, `CREATE TABLE IF NOT EXISTS t (x)`)
+	mustExec(t, db, `INSERT INTO t (id) VALUES (30)`)
+	tx, err = db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`CREATE TABLE IF NOT EXISTS w (k)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, db, `PRAGMA user_version = 7`)
 
 	want := []string{
 		// The script's statements commit one by one; the schema's
@@ -118,6 +136,8 @@ func TestSubscribe(t *testing.T) {
 		"sqlite_schema~*",
 		"t+-3,20",
 		"log-1",
+		"t+30",
+		"?",
 	}
 	var got []string
 	var idx []uint64
@@ -137,13 +157,19 @@ func TestSubscribe(t *testing.T) {
 	}
 	for i := range want {
 		ch := nextChange(t, ls)
-		if ch.Index != idx[i] || len(ch.Tables) == 0 || ch.Tables[0].Keys != nil {
+		if ch.Index != idx[i] || changeString(ch) != strings.Map(func(r rune) rune {
+			if r == ',' || r >= '0' && r <= '9' {
+				return -1 // no keys: this subscription did not ask for them
+			}
+			return r
+		}, want[i]) {
 			t.Errorf("leader's change %d: %+v, want index %d and no keys", i, ch, idx[i])
 		}
 	}
 
 	// Concurrent writers: the leader batches transactions of several
-	// connections into one entry; each is delivered, in commit order.
+	// connections into one entry, delivered as one change with their
+	// Transactions count; every one is delivered, in commit order.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	committed := map[int64]uint64{} // row → its commit index
@@ -166,6 +192,7 @@ func TestSubscribe(t *testing.T) {
 	}
 	wg.Wait()
 	seen := map[int64]uint64{}
+	batched := 0
 	last := idx[len(idx)-1]
 	for len(seen) < len(committed) {
 		ch := nextChange(t, fs)
@@ -173,11 +200,17 @@ func TestSubscribe(t *testing.T) {
 			t.Fatalf("change at index %d after one at %d", ch.Index, last)
 		}
 		last = ch.Index
-		if len(ch.Tables) != 1 || ch.Tables[0].Table != "t" || len(ch.Tables[0].Keys) != 1 {
+		if len(ch.Tables) != 1 || ch.Tables[0].Table != "t" || len(ch.Tables[0].Keys) != ch.Transactions || ch.Unknown {
 			t.Fatalf("change %+v", ch)
 		}
-		seen[ch.Tables[0].Keys[0]] = ch.Index
+		if ch.Transactions > 1 {
+			batched++
+		}
+		for _, k := range ch.Tables[0].Keys {
+			seen[k] = ch.Index
+		}
 	}
+	t.Logf("%d entries carried several transactions", batched)
 	for id, index := range committed {
 		if seen[id] != index {
 			t.Errorf("row %d committed at %d, delivered at %d", id, index, seen[id])
@@ -277,8 +310,89 @@ func TestSubscribe_AfterInstall(t *testing.T) {
 	if ch := nextChange(t, js); changeString(ch) != "t+5000" {
 		t.Errorf("on the new node: %+v", ch)
 	}
-	if c.nodes[j].fsm.Installed() == 0 {
+	if c.nodes[j].fsm.Stats().Restored == 0 {
 		t.Errorf("the new node installed no snapshot")
+	}
+	c.check("c.db", `SELECT id FROM t`, o)
+}
+
+// TestSubscribe_StaleHistory: a leader cut off from the others logs
+// writes that never commit; the others go on and compact their log, so
+// that, healed, it installs a snapshot, and Raft keeps the trailing
+// entries of its old log. After a restart too, a subscription on it must
+// never deliver those: it gets the committed changes or ErrCompacted.
+func TestSubscribe_StaleHistory(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, func(cfg *Config) { cfg.TrailingLogs = 5; cfg.LogStore = "bolt" })
+	l := c.waitLeader()
+	o := newOutcome()
+	mustExec(t, c.db(l, "c.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	for i := range int64(5) {
+		mustExec(t, c.db(l, "c.db"), `INSERT INTO t VALUES (?)`, i)
+		o.record(i, nil)
+	}
+	for i := range c.nodes {
+		if err := c.nodes[i].WaitApplied(ctx, c.nodes[l].AppliedIndex()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := c.nodes[l].raft.LastIndex()
+	c.net.isolate(l)
+	for k := range int64(3) {
+		_, err := c.dbNoFwd(l, "c.db").Exec(`INSERT INTO t VALUES (?)`, 666000+k)
+		if err == nil {
+			t.Fatalf("a write on the isolated leader committed")
+		}
+		o.record(666000+k, err)
+	}
+	var nl int
+	waitFor(t, 20*time.Second, "a new leader", func() bool {
+		for i, n := range c.nodes {
+			if i != l && n.IsLeader() {
+				nl = i
+				return true
+			}
+		}
+		return false
+	})
+	for i := range int64(20) {
+		mustExec(t, c.db(nl, "c.db"), `INSERT INTO t VALUES (?)`, 1000+i)
+		o.record(1000+i, nil)
+	}
+	if err := c.nodes[nl].raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	c.net.heal()
+	waitFor(t, 30*time.Second, "the old leader to install a snapshot", func() bool {
+		return c.nodes[l].fsm.Stats().Restored > 0 && c.nodes[l].AppliedIndex() >= c.nodes[nl].AppliedIndex()
+	})
+	for restart := range 2 {
+		if restart == 1 {
+			c.stop(l)
+			c.restart(l)
+		}
+		s, err := c.nodes[l].Subscribe("c.db", before, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ch, err := s.Next(cctx)
+			cancel()
+			if errors.Is(err, ErrCompacted) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("restarted %v: %v", restart == 1, err)
+			}
+			for _, tc := range ch.Tables {
+				for _, k := range tc.Keys {
+					if k >= 666000 {
+						t.Errorf("restarted %v: delivered row %d, which never committed", restart == 1, k)
+					}
+				}
+			}
+		}
 	}
 	c.check("c.db", `SELECT id FROM t`, o)
 }

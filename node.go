@@ -240,6 +240,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("start raft: %w", err))
 	}
+	n.fsm.Holds(snaps.LatestIndex())
 	n.wg.Add(1)
 	go n.watchLeadership()
 	n.watchRaftState()

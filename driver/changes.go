@@ -97,6 +97,13 @@ func (cs *changeSet) schemaChanged() {
 	cs.table(schemaTable).ops |= command.OpUpdate
 }
 
+// ddl reports whether a statement changes the main schema.
+func ddl(query string) bool {
+	kw := keywords(query, 2)
+	return len(kw) == 2 && (kw[0] == "CREATE" || kw[0] == "DROP" || kw[0] == "ALTER") &&
+		kw[1] != "TEMP" && kw[1] != "TEMPORARY"
+}
+
 func (cs *changeSet) key(t *tableSet, k int64) {
 	if cs.keys >= maxKeys {
 		t.ops |= command.OpPartial

@@ -206,9 +206,20 @@ func (c *conn) enter() error {
 	return nil
 }
 
+// settle runs when a statement returned: the database learns it (see
+// fsm.DB.Settle), and, outside a transaction, what the statement's
+// preparation marked (a schema change that did not happen: IF NOT EXISTS,
+// a failure, EXPLAIN) is dropped.
+func (c *conn) settle() {
+	if c.closed == nil && c.raw != nil && c.raw.GetAutocommit() {
+		c.changes.reset()
+	}
+	c.db.Settle(c.id)
+}
+
 // leave settles the database after a statement and unlocks.
 func (c *conn) leave() {
-	c.db.Settle(c.id)
+	c.settle()
 	c.mu.Unlock()
 }
 
@@ -545,7 +556,11 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		}
 		return tx{c, ctx}, nil
 	}
-	c.backend.Metrics().Read(levelOf(ctx, c.opts.ReadLevel).String())
+	if !c.server && (opts.ReadOnly || c.backend.CheckLeader() != nil) {
+		// A transaction that reads this node's copy (not the leader's
+		// write transactions, nor a client's, counted where it came from).
+		c.backend.Metrics().Read(levelOf(ctx, c.opts.ReadLevel).String())
+	}
 	if err := c.readBarrier(ctx); err != nil {
 		return nil, err
 	}
@@ -617,7 +632,7 @@ func (t tx) Commit() error {
 		return err
 	}
 	err := c.raw.Exec(`COMMIT`)
-	c.db.Settle(c.id)
+	c.settle()
 	if err != nil {
 		err = c.mapErr(err)
 		if !c.raw.GetAutocommit() {

@@ -111,6 +111,9 @@ func (c *conn) forwardExec(ctx context.Context, query string, args []driver.Name
 // a read that comes sooner pays for them.
 func (c *conn) afterForward(ctx context.Context, rc *rconn) {
 	c.remote = rc.inTx || rc.doomed != nil
+	if c.closed == nil && c.raw != nil && c.raw.GetAutocommit() {
+		c.changes.reset() // what preparing it here marked: it ran on the leader
+	}
 	i := rc.takeCommit()
 	if i == 0 {
 		return

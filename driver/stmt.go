@@ -130,7 +130,9 @@ func (s *stmt) before(ctx context.Context, args []driver.NamedValue) (onLeader b
 		s.s, s.readOnly, s.kind = st, st.ReadOnly() && !beginsWriteTx(s.query), firstKeyword(s.query)
 	}
 	if s.readOnly && !s.c.inTx {
-		s.c.backend.Metrics().Read(levelOf(ctx, s.c.opts.ReadLevel).String())
+		if !s.c.server {
+			s.c.backend.Metrics().Read(levelOf(ctx, s.c.opts.ReadLevel).String())
+		}
 		if err := s.c.readBarrier(ctx); err != nil {
 			s.c.mu.Unlock()
 			return false, err
@@ -218,6 +220,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 		defer c.raw.SetInterrupt(old)
 	}
 	c.running = s.kind
+	if ddl(s.query) {
+		c.changes.schemaChanged() // prepared earlier: the authorizer's mark is gone
+	}
 	lastID := c.raw.LastInsertRowID()
 	total := c.raw.TotalChanges()
 	err = s.s.Exec()
@@ -369,7 +374,7 @@ func (r *rows) Close() error {
 	if c.closed == nil {
 		err = r.s.s.Reset()
 	}
-	c.db.Settle(c.id)
+	c.settle()
 	if c.closed != nil {
 		return nil
 	}

@@ -208,31 +208,38 @@ func (d *decoder) varint(what string) int64 {
 	return v
 }
 
-// count reads a count of items of at least min bytes each.
-func (d *decoder) count(min int, what string) int {
+// count reads a count of items of at least min bytes each, at most max;
+// 0 once the decoder failed.
+func (d *decoder) count(min, max int, what string) int {
 	n := d.uvarint(what)
-	if d.err == nil && n > uint64(len(d.b)/min) {
+	if d.err != nil {
+		return 0
+	}
+	if n > uint64(len(d.b)/min) || n > uint64(max) {
 		d.fail(fmt.Sprintf("%s %d", what, n))
 		return 0
 	}
 	return int(n)
 }
 
+// MaxTxs bounds the transactions of one Frames entry.
+const MaxTxs = 1 << 12
+
 func (d *decoder) changes() []TxChanges {
-	n := d.count(1, "transaction count")
+	n := d.count(1, MaxTxs, "transaction count")
 	if n == 0 {
 		return nil
 	}
 	out := make([]TxChanges, n)
 	for i := range out {
-		out[i] = make(TxChanges, d.count(3, "table count"))
+		out[i] = make(TxChanges, d.count(3, math.MaxInt32, "table count"))
 		for j := range out[i] {
 			t := &out[i][j]
 			t.Table = string(d.bytes(d.uvarint("table name length"), "table name"))
 			if ops := d.bytes(1, "operations"); ops != nil {
 				t.Ops = ops[0]
 			}
-			if n := d.count(1, "key count"); n > 0 {
+			if n := d.count(1, math.MaxInt32, "key count"); n > 0 {
 				t.Keys = make([]int64, n)
 				prev := int64(0)
 				for k := range t.Keys {
@@ -284,7 +291,7 @@ func Decode(b []byte) (any, error) {
 				}
 			}
 		}
-		if b[0] >= 3 {
+		if b[0] >= 3 && d.err == nil {
 			f.Changes = d.changes()
 		}
 		cmd = f

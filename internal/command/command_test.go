@@ -112,3 +112,22 @@ func TestFrames_Changes(t *testing.T) {
 		t.Errorf("huge transaction count: %v", err)
 	}
 }
+
+// A malformed entry is refused, whatever follows the field that failed:
+// no count read from leftover bytes is allocated.
+func TestDecode_ChangesAfterError(t *testing.T) {
+	b := EncodeFrames(sampleFrames())
+	for cut := 2; cut < len(b); cut += 7 {
+		bad := append(append([]byte{}, b[:cut]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+		if _, err := Decode(bad); !errors.Is(err, ErrFormat) {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
+	}
+	bad := EncodeOpen(Open{Database: "x", PageSize: 1000}) // bad page size
+	bad[1] = byte(TypeFrames)
+	bad = append(bad, make([]byte, 20)...)
+	bad = append(bad, 0xff, 0xff, 0xff, 0xff, 0x0f)
+	if _, err := Decode(bad); !errors.Is(err, ErrFormat) {
+		t.Fatalf("bad page size then a count: %v", err)
+	}
+}

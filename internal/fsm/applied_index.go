@@ -47,6 +47,12 @@ func (x *doneIndex) wait() <-chan struct{} {
 	return x.changed
 }
 
+// Holds tells the FSM that its databases hold every entry up to index
+// (the latest snapshot's, once Raft has started: it installs it first when
+// the files are older): AppliedIndex starts there, not at 0, until Raft
+// replays the entries after it.
+func (f *FSM) Holds(index uint64) { f.done.set(index) }
+
 // AppliedIndex returns the Raft index of the last entry this node has
 // applied: every reader on this node sees it and everything before it.
 func (f *FSM) AppliedIndex() uint64 { return f.done.v.Load() }

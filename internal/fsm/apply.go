@@ -204,10 +204,12 @@ func (d *DB) maybeCheckpoint() {
 	if d.opts.CheckpointFrames == 0 {
 		return
 	}
-	hdr, err := wal.NewIndex(d.shm).Header()
+	x := wal.NewIndex(d.shm)
+	hdr, err := x.Header()
 	if err != nil || hdr.MaxFrame < d.opts.CheckpointFrames {
 		return
 	}
+	backfilled, _ := x.Backfilled()
 	if !d.ckptMu.TryLock() {
 		return
 	}
@@ -225,7 +227,7 @@ func (d *DB) maybeCheckpoint() {
 	during()
 	switch {
 	case err == nil:
-		d.opts.Metrics.Checkpoint(time.Since(start), int(hdr.MaxFrame))
+		d.opts.Metrics.Checkpoint(time.Since(start), int(hdr.MaxFrame-min(backfilled, hdr.MaxFrame)))
 	case !errors.Is(err, sqlite3.BUSY):
 		d.opts.Logger.Warn("checkpoint failed", "database", d.Name, "err", err)
 	}

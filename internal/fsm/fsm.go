@@ -64,7 +64,6 @@ type FSM struct {
 	// pages are incomplete and Snapshot refuses.
 	lastSeen, heldAtStart atomic.Uint64
 	done                  doneIndex     // see AppliedIndex
-	installed             atomic.Uint64 // index of the last snapshot Restore installed
 	stopped               chan struct{} // closed by Stop
 }
 
@@ -138,11 +137,6 @@ func New(dir string, opts Options) (*FSM, error) {
 	}
 	return f, nil
 }
-
-// Installed returns the index of the last snapshot Restore installed (0:
-// none since the node started). This node's log entries up to it may be
-// of a history the snapshot replaced, until Raft deletes them.
-func (f *FSM) Installed() uint64 { return f.installed.Load() }
 
 // Untrusted returns why the files New found cannot be used as they are,
 // or "".
@@ -753,9 +747,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w: a delta", errStream)
 	}
 	crashpoint.Hit("install-current")
-	if f.opts.SnapshotIndex != nil {
-		f.installed.Store(f.opts.SnapshotIndex())
-	}
 	for _, d := range f.Databases() {
 		if d.pending() {
 			d.cut(errs.ErrLeadershipLost) // a follower now: none will commit here

@@ -71,6 +71,11 @@ func (d *DB) Commit(conn uint64, tx *vfs.Tx) error {
 	changes := d.staged[conn]
 	delete(d.staged, conn)
 	d.mu.Unlock()
+	if changes == nil {
+		// Pages written, no change the hooks saw (VACUUM, PRAGMA
+		// user_version): subscribers must learn that something changed.
+		changes = command.TxChanges{{Ops: command.OpPartial}}
+	}
 	if tx.Overflow {
 		err := fmt.Errorf("%w: it wrote %d bytes of pages, the limit is %d", errs.ErrTxTooLarge, tx.Size, d.opts.MaxTxSize)
 		d.setErr(conn, err)
@@ -198,6 +203,9 @@ func (d *DB) kick() {
 // a transaction it committed is published by now, or was rolled back.
 func (d *DB) Settle(conn uint64) {
 	d.mu.Lock()
+	// Changes staged by a commit that wrote no frame (so Commit never
+	// took them) are not the next transaction's.
+	delete(d.staged, conn)
 	close(d.settled)
 	d.settled = make(chan struct{})
 	if t := d.last[conn]; t != nil && !t.confirmed && !t.returned {

@@ -26,7 +26,7 @@ import (
 const Magic byte = 0xD5
 
 // Version is the protocol version a client sends after Magic.
-const Version byte = 1
+const Version byte = 2 // 2: members carry their role (voter, standby, spare); AdminAssign
 
 // MaxFrame bounds a frame's length. A statement's arguments, or a batch of
 // rows, larger than this fail with a clear error.
