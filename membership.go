@@ -44,14 +44,18 @@ func (n *Node) RemoveNode(ctx context.Context, id NodeID) error {
 	if err != nil {
 		return err
 	}
-	found := false
+	found, voters, isVoter := false, 0, false
 	for _, p := range peers {
 		found = found || p.ID == id
+		if p.Role == Voter {
+			voters++
+			isVoter = isVoter || p.ID == id
+		}
 	}
 	if !found {
 		return fmt.Errorf("%w: %d", ErrNoSuchNode, id)
 	}
-	if len(peers) == 1 {
+	if isVoter && voters == 1 {
 		return fmt.Errorf("%w: node %d", ErrLastVoter, id)
 	}
 	return n.mapMembershipErr(waitFuture(ctx, n.raft.RemoveServer(serverID(id), 0, timeoutOf(ctx))))

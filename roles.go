@@ -160,8 +160,12 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 	default: // standby to spare
 		steps = append(steps, remove, addSpare)
 	}
-	for _, step := range steps {
+	for i, step := range steps {
 		if err := n.mapMembershipErr(waitFuture(ctx, step())); err != nil {
+			if i == len(steps)-1 && len(steps) > 1 && i > 0 && (p.Role == Spare) != (role == Spare) {
+				return fmt.Errorf("%w (node %d was removed from the configuration to change its address, and not added "+
+					"again: add it with AddNode as a %s)", err, id, role)
+			}
 			return err
 		}
 	}
@@ -177,11 +181,11 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 // status over the client protocol, then makes at most one change, in this
 // order of need:
 //
-//  1. fewer reachable voters than Voters: promote the reachable standby
+//  1. a voter unreachable for UnreachableAfter: make it a spare;
+//  2. fewer reachable voters than Voters: promote the reachable standby
 //     that has applied the most (if it is within a few entries of the
 //     leader), or else make a reachable spare a standby (it is promoted
 //     once it has caught up);
-//  2. a voter unreachable for UnreachableAfter: make it a spare;
 //  3. more voters that answer than Voters: make one (not the leader) a
 //     standby;
 //  4. a standby unreachable for UnreachableAfter: make it a spare;
@@ -189,12 +193,20 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 //     standby;
 //  6. more reachable standbys than Standbys: make one a spare.
 //
-// A voter is demoted (steps 2 and 3) only if the voters left that
-// answered the round's probe are a quorum of the voters left. A member
-// that comes back after being made a spare stays one until a role is
-// needed. Every change is a Raft configuration change, so it needs
-// a quorum of the current voters: a cluster that lost its quorum needs
-// Recover.
+// The voters are changed (steps 1 to 3) only if the voters that answered
+// the round's probe, a new voter not counted, are a quorum of the voters
+// after the change, or (to add one) every voter answered: a change never
+// leaves a cluster that can commit unable to. So a dead voter is replaced
+// in two rounds: made a spare, then a standby promoted. A member that comes back after being made a spare stays one
+// until a role is needed.
+//
+// Moves to and from spare are two configuration changes (see Assign):
+// should the leader fail between them, the member is no longer in the
+// configuration, and no later leader knows it; an operator adds it again
+// (the leader logs each move).
+//
+// Every change is a Raft configuration change, so it needs a quorum of
+// the current voters: a cluster that lost its quorum needs Recover.
 type RoleConfig struct {
 	Voters   int // default 3
 	Standbys int // default 0: voters and spares only
@@ -326,10 +338,25 @@ func (m *roleManager) round() error {
 	// Highest ID first: the choice among equals is the same every round.
 	last := func(ps []Peer) Peer { return slices.MaxFunc(ps, func(a, b Peer) int { return int(a.ID) - int(b.ID) }) }
 
-	upVoters := count(voters, online)
-	if len(upVoters) < m.rc.Voters {
+	// A voter is demoted only if the voters left that answered this round
+	// are a quorum of the voters left. One is added only if the voters
+	// that answered, the new one not counted, are a quorum of the voters
+	// after it (a new voter may not acknowledge: its Raft connection may
+	// be cut while its client protocol answers), or all the voters
+	// answered: a cluster of one or two voters cannot grow otherwise, and
+	// a healthy one then loses no more than it would if that voter failed.
+	answered := count(voters, reachable)
+	keepsQuorum := func(without Peer) bool {
+		left := count(voters, func(v Peer) bool { return v.ID != without.ID })
+		return len(count(left, reachable)) > len(left)/2
+	}
+	canAdd := func() bool { return len(answered) > (len(voters)+1)/2 || len(answered) == len(voters) }
+	if dead := count(voters, down); len(dead) > 0 && keepsQuorum(dead[0]) {
+		return assign(dead[0], Spare, fmt.Sprintf("unreachable for %s", m.rc.UnreachableAfter))
+	}
+	if upVoters := count(voters, online); len(upVoters) < m.rc.Voters {
 		ready := count(standbys, func(p Peer) bool { return reachable(p) && probes[p.ID].applied+caughtUp >= applied })
-		if len(ready) > 0 {
+		if len(ready) > 0 && canAdd() {
 			best := slices.MaxFunc(ready, func(a, b Peer) int { return cmpU(probes[a.ID].applied, probes[b.ID].applied) })
 			return assign(best, Voter, fmt.Sprintf("%d of %d voters reachable", len(upVoters), m.rc.Voters))
 		}
@@ -339,17 +366,7 @@ func (m *roleManager) round() error {
 			}
 		}
 	}
-	// A voter is demoted only if the voters left, those that answered
-	// this round, are a quorum of the voters left: never a change that
-	// leaves the cluster unable to commit.
-	keepsQuorum := func(p Peer) bool {
-		left := count(voters, func(v Peer) bool { return v.ID != p.ID })
-		return len(count(left, reachable)) > len(left)/2
-	}
-	if dead := count(voters, down); len(dead) > 0 && len(upVoters) >= min(m.rc.Voters, len(voters)) && keepsQuorum(dead[0]) {
-		return assign(dead[0], Spare, fmt.Sprintf("unreachable for %s", m.rc.UnreachableAfter))
-	}
-	if answered := count(voters, reachable); len(answered) > m.rc.Voters {
+	if len(answered) > m.rc.Voters {
 		others := count(answered, func(p Peer) bool { return p.ID != n.cfg.ID })
 		if p := last(others); keepsQuorum(p) {
 			return assign(p, Standby, fmt.Sprintf("%d voters answer, %d wanted", len(answered), m.rc.Voters))

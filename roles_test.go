@@ -258,3 +258,39 @@ func TestRoles_NeverDemotesBelowQuorum(t *testing.T) {
 	c.write(o, 1, 11)
 	c.check("r.db", `SELECT id FROM t`, o)
 }
+
+// TestRoles_PromotionKeepsQuorum: a standby whose Raft connections are cut
+// still answers the manager's probe. When a voter dies, the manager makes
+// it a spare first, and only then promotes the standby, with the two live
+// voters a quorum of the three: commits go on although the new voter
+// acknowledges nothing. (Promoting first would make four voters, whose
+// quorum of three needs the unreachable one.)
+func TestRoles_PromotionKeepsQuorum(t *testing.T) {
+	ctx := context.Background()
+	roles := &RoleConfig{Voters: 3, Standbys: 1, UnreachableAfter: 2 * time.Second, ProbeInterval: 100 * time.Millisecond}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.Roles = roles })
+	l := c.waitLeader()
+	mustExec(t, c.db(l, "r.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	s := c.addNode()
+	if err := c.nodes[l].AddNode(ctx, c.nodes[s].ID(), c.nodes[s].Address(), Standby); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.nodes[s].WaitApplied(ctx, c.nodes[l].AppliedIndex()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		c.net.cutRaft(s, i)
+	}
+	v := c.follower(l)
+	c.stop(v)
+	o := newOutcome()
+	c.write(o, 1, 6)
+	waitFor(t, 30*time.Second, "the dead voter made a spare and the standby a voter", func() bool {
+		r, _ := c.roles()
+		return slices.Contains(r[Spare], NodeID(v+1)) && slices.Contains(r[Voter], NodeID(s+1))
+	})
+	c.write(o, 6, 11)
+	c.net.heal()
+	c.restart(v)
+	c.check("r.db", `SELECT id FROM t`, o)
+}
