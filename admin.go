@@ -12,7 +12,7 @@ import (
 var _ driver.AdminBackend = backend{}
 
 func (b backend) Status() driver.NodeStatus {
-	st := b.n.Status()
+	st := b.n.status(false)
 	ds := driver.NodeStatus{ID: uint64(st.ID), Address: st.Address, LeaderID: uint64(st.LeaderID), LeaderAddress: st.LeaderAddress,
 		Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex}
 	for _, m := range st.Members {

@@ -122,6 +122,18 @@ func TestSubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExec(t, db, `PRAGMA user_version = 7`)
+	tx, err = db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`INSERT INTO t (id) VALUES (31)`, `PRAGMA user_version = 8`} {
+		if _, err := tx.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
 
 	want := []string{
 		// The script's statements commit one by one; the schema's
@@ -138,6 +150,7 @@ func TestSubscribe(t *testing.T) {
 		"log-1",
 		"t+30",
 		"?",
+		"t+31 ?",
 	}
 	var got []string
 	var idx []uint64

@@ -216,9 +216,10 @@ func refused(s stmtReq) string {
 }
 
 // session runs a request's statements on a connection of its own, and
-// closes it for good afterwards if they left it different from a fresh
-// one (a transaction open, a PRAGMA set), so that no request sees
-// another's state.
+// closes it for good afterwards unless they were all plain reads and
+// writes that leave no state behind (a PRAGMA, a TEMP table or trigger,
+// EXPLAIN of a PRAGMA would), or it is left in a transaction: no request
+// sees another's state.
 func session(ctx context.Context, db *sql.DB, stmts []stmtReq, run func(*sql.Conn) error) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -226,7 +227,13 @@ func session(ctx context.Context, db *sql.DB, stmts []stmtReq, run func(*sql.Con
 	}
 	defer conn.Close()
 	err = run(conn)
-	dirty := slices.ContainsFunc(stmts, func(s stmtReq) bool { return driver.FirstKeyword(s.SQL) == "PRAGMA" })
+	dirty := slices.ContainsFunc(stmts, func(s stmtReq) bool {
+		switch driver.FirstKeyword(s.SQL) {
+		case "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "VALUES", "WITH":
+			return false
+		}
+		return true
+	})
 	conn.Raw(func(dc any) error {
 		if t, ok := dc.(interface{ InTransaction() bool }); dirty || !ok || t.InTransaction() {
 			return sqldriver.ErrBadConn // database/sql closes it
@@ -446,9 +453,12 @@ func (a *httpAPI) execute(w http.ResponseWriter, r *http.Request) {
 			tx.Rollback()
 			index = 0
 		} else if err := tx.Commit(); err != nil {
-			// Nothing committed: say so for each statement.
+			msg := "the transaction did not commit: " + err.Error()
+			if errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrNoQuorum) {
+				msg = "the transaction's outcome is unknown (it may have committed): " + err.Error()
+			}
 			for i := range resp.Results {
-				resp.Results[i] = result{Error: "transaction failed to commit: " + err.Error()}
+				resp.Results[i] = result{Error: msg}
 			}
 			index = 0
 		}
@@ -617,7 +627,7 @@ func (a *httpAPI) status(w http.ResponseWriter, r *http.Request) {
 // readyz answers 200 when the node is open, in the configuration and
 // knows a leader: it can serve reads and forward writes.
 func (a *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
-	st := a.n.Status()
+	st := a.n.status(false)
 	switch {
 	case st.State == "Shutdown":
 		http.Error(w, "node closed", http.StatusServiceUnavailable)

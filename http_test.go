@@ -172,7 +172,11 @@ func TestHTTP_API(t *testing.T) {
 	}
 	o.record(62, fmt.Errorf("rolled back"))
 	o.record(63, fmt.Errorf("never ran"))
-	for k := range 4 { // every pooled connection: none is read-only or in a transaction
+	code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db", `["CREATE TEMP TABLE t (id)", "EXPLAIN PRAGMA query_only=1"]`)
+	if code != 200 || r.Results[0].Error != "" {
+		t.Errorf("a TEMP table: %d %s", code, raw)
+	}
+	for k := range 4 { // every pooled connection: none is read-only, in a transaction, or has a TEMP t
 		code, r, raw = call(t, cl, base(f), "/db/execute?db=h.db", fmt.Sprintf(`[["INSERT INTO t (id) VALUES (?)", %d]]`, 70+k))
 		if code != 200 || r.Results[0].Error != "" || r.Index == 0 {
 			t.Errorf("a write after those: %d %s", code, raw)

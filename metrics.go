@@ -19,7 +19,7 @@ func (n *Node) newMetrics() *metrics.Set {
 // gauges reads the values metrics report at collection time.
 func (n *Node) gauges() metrics.Gauges {
 	var g metrics.Gauges
-	st := n.Status()
+	st := n.status(false)
 	g.ApplyLag = st.Lag
 	for _, d := range st.Databases {
 		g.Databases = append(g.Databases, metrics.DatabaseGauge{Name: d.Name, Size: d.Size, WALSize: d.WALSize})

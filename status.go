@@ -74,16 +74,23 @@ type DatabaseStatus struct {
 	SnapshotIndex uint64 `json:"snapshot_index"`
 	// Lag is how many transactions of this database the node knows
 	// committed but has not applied yet: its lag behind the leader. It is
-	// counted from the node's Raft log when the node's Lag is at most
-	// 256 entries, and is the node's Lag (an upper bound) beyond.
+	// counted from the node's Raft log when the node's Lag is at most 256
+	// entries holding at most 16 MiB, and is the node's Lag (an upper
+	// bound) beyond.
 	Lag uint64 `json:"lag"`
 	// Failed is why the node stopped serving the database, or "".
 	Failed string `json:"failed,omitempty"`
 }
 
 // Status returns the node's status. It costs a few system calls per
-// database, nothing that grows with their size.
-func (n *Node) Status() Status {
+// database, nothing that grows with their size; on a node that lags, it
+// also reads the log entries it has not applied (at most 256 entries and
+// 16 MiB) to count each database's lag.
+func (n *Node) Status() Status { return n.status(true) }
+
+// status is Status; without lags, the databases' Lag is not counted (the
+// metrics, readiness and the client protocol's status do not use it).
+func (n *Node) status(lags bool) Status {
 	st := Status{ID: n.cfg.ID, Address: n.Address(), State: raft.Shutdown.String(),
 		AppliedIndex: n.fsm.AppliedIndex(), SnapshotIndex: n.snaps.LatestIndex()}
 	snapDBs := map[string]uint64{}
@@ -116,12 +123,15 @@ func (n *Node) Status() Status {
 	st.Term, st.CommitIndex, st.LastIndex = n.raft.CurrentTerm(), n.raft.CommitIndex(), n.raft.LastIndex()
 	if st.CommitIndex > st.AppliedIndex {
 		st.Lag = st.CommitIndex - st.AppliedIndex
-		lags := n.databaseLags(st.AppliedIndex, st.CommitIndex)
+		var counted map[string]uint64
+		if lags {
+			counted = n.databaseLags(st.AppliedIndex, st.CommitIndex)
+		}
 		for i := range st.Databases {
-			if lags == nil {
+			if counted == nil {
 				st.Databases[i].Lag = st.Lag
 			} else {
-				st.Databases[i].Lag = lags[st.Databases[i].Name]
+				st.Databases[i].Lag = counted[st.Databases[i].Name]
 			}
 		}
 	}
@@ -139,15 +149,19 @@ func (n *Node) Status() Status {
 
 // databaseLags counts, per database, the transactions in the log entries
 // after applied up to commit; nil when there are more than 256 entries to
-// read, or one cannot be read.
+// read, or more than 16 MiB, or one cannot be read.
 func (n *Node) databaseLags(applied, commit uint64) map[string]uint64 {
 	if commit-applied > 256 {
 		return nil
 	}
 	lags := map[string]uint64{}
+	read := 0
 	for i := applied + 1; i <= commit; i++ {
 		var l raft.Log
 		if err := n.store.GetLog(i, &l); err != nil {
+			return nil
+		}
+		if read += len(l.Data); read > 16<<20 {
 			return nil
 		}
 		if l.Type != raft.LogCommand {

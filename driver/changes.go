@@ -104,6 +104,13 @@ func ddl(query string) bool {
 		kw[1] != "TEMP" && kw[1] != "TEMPORARY"
 }
 
+// unknown notes a change no hook sees (a PRAGMA that writes the database
+// header, such as user_version): the transaction's changes are then
+// marked unknown.
+func (cs *changeSet) unknown() {
+	cs.table("").ops |= command.OpPartial
+}
+
 func (cs *changeSet) key(t *tableSet, k int64) {
 	if cs.keys >= maxKeys {
 		t.ops |= command.OpPartial

@@ -133,6 +133,10 @@ func (c *conn) authorize(action sqlite3.AuthorizerActionCode, name3, name4, sche
 		if name3 == "main" {
 			c.changes.schemaChanged()
 		}
+	case sqlite3.AUTH_PRAGMA:
+		if name4 != "" && !attached(schema) {
+			c.changes.unknown() // user_version and the like: no hook sees them
+		}
 	}
 	return sqlite3.AUTH_OK
 }
