@@ -27,8 +27,9 @@ type Change struct {
 	Tables []TableChange
 	// Unknown: some of the entry's changes are not in Tables, because
 	// SQLite's hooks do not report them (VACUUM, a PRAGMA that writes, such
-	// as user_version) or the entry was written by a version of dqlite that
-	// did not record changes. Read again what depends on the database.
+	// as user_version, also when the transaction changed rows too) or the
+	// entry was written by a version of dqlite that did not record
+	// changes. Read again what depends on the database.
 	Unknown bool
 }
 
@@ -42,9 +43,10 @@ type TableChange struct {
 	// changed and then undid within a transaction may be listed too.
 	Keys []int64
 	// Partial: Keys does not list every row changed. A WITHOUT ROWID
-	// table's rows have no rowid, a transaction records at most 65,536
-	// keys, and a change of the schema (CREATE, DROP, ALTER) is listed as
-	// the table sqlite_schema, partial.
+	// table's rows have no rowid, and a transaction records at most 65,536
+	// keys. A change of the schema (CREATE, DROP, ALTER) is listed as the
+	// table sqlite_schema, partial: the rows of a table dropped or rebuilt
+	// are not listed, so read again what depends on the schema.
 	Partial bool
 }
 
