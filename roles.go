@@ -397,10 +397,11 @@ func cmpU(a, b uint64) int {
 	return 0
 }
 
-// probe asks every other member for its status, at most ProbeInterval
-// each, all at once.
+// probe asks every other member for its status, all at once, waiting for
+// each at most ProbeInterval or a second, whichever is longer: a member
+// slow to answer is not taken for gone.
 func (m *roleManager) probe(ctx context.Context, members []Peer) map[NodeID]probe {
-	ctx, cancel := context.WithTimeout(ctx, m.rc.ProbeInterval)
+	ctx, cancel := context.WithTimeout(ctx, max(m.rc.ProbeInterval, time.Second))
 	defer cancel()
 	var mu sync.Mutex
 	var wg sync.WaitGroup

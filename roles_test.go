@@ -163,7 +163,7 @@ func TestRoles_Assign(t *testing.T) {
 // spare; when the leader is killed, the next leader replaces it.
 func TestRoles_Auto(t *testing.T) {
 	ctx := context.Background()
-	roles := &RoleConfig{Voters: 3, Standbys: 1, UnreachableAfter: 3 * time.Second, ProbeInterval: 200 * time.Millisecond}
+	roles := &RoleConfig{Voters: 3, Standbys: 1, UnreachableAfter: 2 * time.Second, ProbeInterval: 100 * time.Millisecond}
 	c := newCluster(t, 1, func(cfg *Config) { cfg.Roles = roles })
 	mustExec(t, c.db(0, "r.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
 	o := newOutcome()
@@ -281,7 +281,7 @@ func TestRoles_PromotionKeepsQuorum(t *testing.T) {
 	for i := range 3 {
 		c.net.cutRaft(s, i)
 	}
-	v := c.follower(l)
+	v := (l + 1) % 3 // a voter that does not lead (not s, node 4)
 	c.stop(v)
 	o := newOutcome()
 	c.write(o, 1, 6)
