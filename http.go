@@ -477,15 +477,24 @@ type preparer interface {
 	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
-// execOne runs one statement. It is prepared first, which refuses a text
-// holding more than one.
-func execOne(ctx context.Context, e preparer, s stmtReq) result {
+// prepare prepares a statement the API runs, which refuses a text holding
+// more than one; or says why it cannot run.
+func prepare(ctx context.Context, e preparer, s stmtReq) (*sql.Stmt, string) {
 	if why := refused(s); why != "" {
-		return result{Error: why}
+		return nil, why
 	}
 	st, err := e.PrepareContext(ctx, s.SQL)
 	if err != nil {
-		return result{Error: err.Error()}
+		return nil, err.Error()
+	}
+	return st, ""
+}
+
+// execOne runs one statement.
+func execOne(ctx context.Context, e preparer, s stmtReq) result {
+	st, why := prepare(ctx, e, s)
+	if st == nil {
+		return result{Error: why}
 	}
 	defer st.Close()
 	res, err := st.ExecContext(ctx, s.Args...)
@@ -564,12 +573,9 @@ func (a *httpAPI) query(w http.ResponseWriter, r *http.Request) {
 }
 
 func queryOne(ctx context.Context, e preparer, s stmtReq, assoc bool) result {
-	if why := refused(s); why != "" {
+	st, why := prepare(ctx, e, s)
+	if st == nil {
 		return result{Error: why}
-	}
-	st, err := e.PrepareContext(ctx, s.SQL)
-	if err != nil {
-		return result{Error: err.Error()}
 	}
 	defer st.Close()
 	rows, err := st.QueryContext(ctx, s.Args...)
