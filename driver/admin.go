@@ -229,6 +229,13 @@ func RemoteCluster(ctx context.Context, dial func(context.Context, string) (net.
 		}
 		members = st.Members
 		if st.LeaderAddress != "" {
+			// The leader's configuration is the latest: a follower's may
+			// not have a change just made yet.
+			if st.LeaderAddress != a {
+				if lst, err := RemoteStatus(ctx, dial, st.LeaderAddress); err == nil {
+					members = lst.Members
+				}
+			}
 			break
 		}
 	}
