@@ -149,15 +149,21 @@ func (s *Subscription) isClosed() bool {
 func (s *Subscription) read(ctx context.Context) (c Change, ok bool, err error) {
 	n, i := s.n, s.next
 	var l raft.Log
+	isCommand := false // entry i is committed and is a command: wait for it
 	for n.fsm.AppliedIndex() < i {
 		// Raft's own entries (its no-op, configuration changes) never reach
-		// the FSM: one that is committed is passed without waiting.
-		if i <= n.raft.CommitIndex() && n.store.GetLog(i, &l) == nil && l.Type != raft.LogCommand {
-			if err := s.check(i); err != nil {
-				return c, false, err
+		// the FSM: one that is committed is passed without waiting. The
+		// entry is read once it is committed, not again while waiting.
+		if !isCommand && i <= n.raft.CommitIndex() && n.store.GetLog(i, &l) == nil {
+			if l.Type == raft.LogCommand {
+				isCommand = true
+			} else {
+				if err := s.check(i); err != nil {
+					return c, false, err
+				}
+				s.next = i + 1
+				return c, false, nil
 			}
-			s.next = i + 1
-			return c, false, nil
 		}
 		wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		err := n.fsm.WaitApplied(wctx, i)

@@ -14,25 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-type httpResult struct {
-	LastInsertID *int64           `json:"last_insert_id"`
-	RowsAffected *int64           `json:"rows_affected"`
-	Columns      []string         `json:"columns"`
-	Types        []string         `json:"types"`
-	Values       [][]any          `json:"values"`
-	Rows         []map[string]any `json:"rows"`
-	Error        string           `json:"error"`
-}
-
-type httpResponse struct {
-	Results []httpResult `json:"results"`
-	Index   uint64       `json:"index"`
-	Error   string       `json:"error"`
-}
-
 // call sends body (a JSON text, or nil for a GET) to node's API and
 // returns the status code and the decoded answer.
-func call(t *testing.T, cl *http.Client, base, path, body string) (int, httpResponse, string) {
+func call(t *testing.T, cl *http.Client, base, path, body string) (int, response, string) {
 	t.Helper()
 	var resp *http.Response
 	var err error
@@ -46,7 +30,7 @@ func call(t *testing.T, cl *http.Client, base, path, body string) (int, httpResp
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var r httpResponse
+	var r response
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(raw, &r); err != nil {
 			t.Fatalf("%s: %v: %s", path, err, raw)

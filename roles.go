@@ -1,6 +1,7 @@
 package dqlite
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -197,8 +198,8 @@ func (n *Node) Assign(ctx context.Context, id NodeID, role Role) error {
 // the round's probe, a new voter not counted, are a quorum of the voters
 // after the change, or (to add one) every voter answered: a change never
 // leaves a cluster that can commit unable to. So a dead voter is replaced
-// in two rounds: made a spare, then a standby promoted. A member that comes back after being made a spare stays one
-// until a role is needed.
+// in two rounds: made a spare, then a standby promoted. A member that
+// comes back after being made a spare stays one until a role is needed.
 //
 // Moves to and from spare are two configuration changes (see Assign):
 // should the leader fail between them, the member is no longer in the
@@ -336,7 +337,9 @@ func (m *roleManager) round() error {
 		return n.Assign(ctx, p.ID, role)
 	}
 	// Highest ID first: the choice among equals is the same every round.
-	last := func(ps []Peer) Peer { return slices.MaxFunc(ps, func(a, b Peer) int { return int(a.ID) - int(b.ID) }) }
+	last := func(ps []Peer) Peer {
+		return slices.MaxFunc(ps, func(a, b Peer) int { return cmp.Compare(a.ID, b.ID) })
+	}
 
 	// A voter is demoted only if the voters left that answered this round
 	// are a quorum of the voters left. One is added only if the voters
@@ -357,7 +360,7 @@ func (m *roleManager) round() error {
 	if upVoters := count(voters, online); len(upVoters) < m.rc.Voters {
 		ready := count(standbys, func(p Peer) bool { return reachable(p) && probes[p.ID].applied+caughtUp >= applied })
 		if len(ready) > 0 && canAdd() {
-			best := slices.MaxFunc(ready, func(a, b Peer) int { return cmpU(probes[a.ID].applied, probes[b.ID].applied) })
+			best := slices.MaxFunc(ready, func(a, b Peer) int { return cmp.Compare(probes[a.ID].applied, probes[b.ID].applied) })
 			return assign(best, Voter, fmt.Sprintf("%d of %d voters reachable", len(upVoters), m.rc.Voters))
 		}
 		if len(count(standbys, reachable)) == 0 {
@@ -385,16 +388,6 @@ func (m *roleManager) round() error {
 		return assign(last(upStandbys), Spare, fmt.Sprintf("%d standbys, %d wanted", len(upStandbys), m.rc.Standbys))
 	}
 	return nil
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // probe asks every other member for its status, all at once, waiting for

@@ -48,6 +48,17 @@ func (c *cluster) waitRoles(voters, standbys, spares int) map[Role][]NodeID {
 	return r
 }
 
+// join starts a new node and has the leader add it in role.
+func (c *cluster) join(role Role) int {
+	c.t.Helper()
+	i := c.addNode()
+	_, l := c.roles()
+	if err := c.nodes[l].AddNode(context.Background(), c.nodes[i].ID(), c.nodes[i].Address(), role); err != nil {
+		c.t.Fatalf("add node %d as a %s: %v", i+1, role, err)
+	}
+	return i
+}
+
 // write inserts rows [from, to) through the leader, recording them.
 func (c *cluster) write(o *outcome, from, to int64) {
 	c.t.Helper()
@@ -75,14 +86,8 @@ func TestRoles_Assign(t *testing.T) {
 	mustExec(t, c.db(0, "r.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
 	o := newOutcome()
 	c.write(o, 1, 11)
-	s, p := c.addNode(), c.addNode()
+	s, p := c.join(Standby), c.join(Spare)
 	ld := c.nodes[0]
-	if err := ld.AddNode(ctx, c.nodes[s].ID(), c.nodes[s].Address(), Standby); err != nil {
-		t.Fatal(err)
-	}
-	if err := ld.AddNode(ctx, c.nodes[p].ID(), c.nodes[p].Address(), Spare); err != nil {
-		t.Fatal(err)
-	}
 	if err := ld.AddNode(ctx, 9, "127.0.0.1:1", "observer"); err == nil || !strings.Contains(err.Error(), "unknown role") {
 		t.Errorf("AddNode with an unknown role: %v", err)
 	}
@@ -169,10 +174,7 @@ func TestRoles_Auto(t *testing.T) {
 	o := newOutcome()
 	c.write(o, 1, 11)
 	for range 4 {
-		i := c.addNode()
-		if err := c.nodes[0].AddNode(ctx, c.nodes[i].ID(), c.nodes[i].Address(), Spare); err != nil {
-			t.Fatal(err)
-		}
+		c.join(Spare)
 	}
 	r := c.waitRoles(3, 1, 1)
 	c.write(o, 11, 21)
@@ -206,14 +208,11 @@ func TestRoles_Auto(t *testing.T) {
 	c.write(o, 41, 51)
 
 	// A node added later stays a spare.
-	i := c.addNode()
-	_, l = c.roles()
-	if err := c.nodes[l].AddNode(ctx, c.nodes[i].ID(), c.nodes[i].Address(), Spare); err != nil {
-		t.Fatal(err)
-	}
+	c.join(Spare)
 	c.waitRoles(3, 1, 2)
 
 	// Kill the leader: the next one replaces it.
+	_, l = c.roles()
 	old := c.nodes[l].ID()
 	c.stop(l)
 	c.write(o, 51, 61)
@@ -271,10 +270,7 @@ func TestRoles_PromotionKeepsQuorum(t *testing.T) {
 	c := newCluster(t, 3, func(cfg *Config) { cfg.Roles = roles })
 	l := c.waitLeader()
 	mustExec(t, c.db(l, "r.db"), `CREATE TABLE t (id INTEGER PRIMARY KEY)`)
-	s := c.addNode()
-	if err := c.nodes[l].AddNode(ctx, c.nodes[s].ID(), c.nodes[s].Address(), Standby); err != nil {
-		t.Fatal(err)
-	}
+	s := c.join(Standby)
 	if err := c.nodes[s].WaitApplied(ctx, c.nodes[l].AppliedIndex()); err != nil {
 		t.Fatal(err)
 	}

@@ -189,19 +189,31 @@ func RemoteAdmin(ctx context.Context, dial func(context.Context, string) (net.Co
 // RemoteLeader returns the ID and address of the leader that the nodes at
 // addrs know of, asking each in turn.
 func RemoteLeader(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) (uint64, string, error) {
-	var tried []string
+	st, _, tried := askAround(ctx, dial, addrs)
+	if st.LeaderAddress == "" {
+		return 0, "", fmt.Errorf("%w: %v", errs.ErrNoLeader, tried)
+	}
+	return st.LeaderID, st.LeaderAddress, nil
+}
+
+// askAround asks the nodes at addrs for their status in turn, until one
+// knows a leader, and returns its answer (else the last answer; answered
+// is false when none answered) and what each said.
+func askAround(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) (
+	st NodeStatus, answered bool, tried []string) {
 	for _, a := range addrs {
-		st, err := RemoteStatus(ctx, dial, a)
+		s, err := RemoteStatus(ctx, dial, a)
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", a, err))
 			continue
 		}
+		st, answered = s, true
 		if st.LeaderAddress != "" {
-			return st.LeaderID, st.LeaderAddress, nil
+			return st, true, tried
 		}
 		tried = append(tried, a+": knows no leader")
 	}
-	return 0, "", fmt.Errorf("%w: %v", errs.ErrNoLeader, tried)
+	return st, answered, tried
 }
 
 // MemberStatus is a member of the cluster as RemoteCluster found it.
@@ -219,35 +231,29 @@ type MemberStatus struct {
 // RemoteCluster asks the nodes at addrs for the cluster's members (a node
 // that knows a leader first), then every member for its status.
 func RemoteCluster(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addrs []string) ([]MemberStatus, error) {
-	var members []Member
-	var tried []string
-	for _, a := range addrs {
-		st, err := RemoteStatus(ctx, dial, a)
-		if err != nil {
-			tried = append(tried, fmt.Sprintf("%s: %v", a, err))
-			continue
-		}
-		members = st.Members
-		if st.LeaderAddress != "" {
-			// The leader's configuration is the latest: a follower's may
-			// not have a change just made yet.
-			if st.LeaderAddress != a {
-				if lst, err := RemoteStatus(ctx, dial, st.LeaderAddress); err == nil {
-					members = lst.Members
-				}
-			}
-			break
-		}
-	}
-	if members == nil {
+	st, answered, tried := askAround(ctx, dial, addrs)
+	if !answered {
 		return nil, fmt.Errorf("dqlite: no member answered: %s", strings.Join(tried, "; "))
 	}
+	// The leader's configuration is the latest: a follower's may not have
+	// a change just made yet. Answers already had are not asked again.
+	known := map[string]NodeStatus{st.Address: st}
+	if st.LeaderAddress != "" && st.LeaderID != st.ID {
+		if lst, err := RemoteStatus(ctx, dial, st.LeaderAddress); err == nil {
+			st, known[st.LeaderAddress] = lst, lst
+		}
+	}
+	members := st.Members
 	ms := make([]MemberStatus, len(members))
 	var leaderApplied uint64
 	leader := false
 	for i, m := range members {
 		ms[i].Member = m
-		ms[i].Status, ms[i].Err = RemoteStatus(ctx, dial, m.Address)
+		if k, ok := known[m.Address]; ok {
+			ms[i].Status = k
+		} else {
+			ms[i].Status, ms[i].Err = RemoteStatus(ctx, dial, m.Address)
+		}
 		if st := ms[i].Status; ms[i].Err == nil && st.ID != 0 && st.LeaderID == st.ID {
 			ms[i].Leader, leader, leaderApplied = true, true, st.AppliedIndex
 		}

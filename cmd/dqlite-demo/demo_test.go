@@ -98,8 +98,10 @@ func askAPI(out *lockedBuffer) string {
 		return "no curl command for the HTTP API in the output"
 	}
 	var last string
-	for range 40 {
-		time.Sleep(250 * time.Millisecond)
+	for try := range 40 {
+		if try > 0 {
+			time.Sleep(250 * time.Millisecond) // node 1 may be down a moment: ask again
+		}
 		resp, err := http.Get(base + "/status")
 		if err != nil {
 			last = err.Error()
