@@ -257,10 +257,13 @@ func (c *cluster) start(i int, l net.Listener) {
 		var err error
 		for try := 0; ; try++ {
 			l, err = net.Listen("tcp", cfg.Address)
-			if err == nil || try == 50 {
+			// The old listener's port is being released, or, while it was
+			// free, a connection of another test (go test runs packages
+			// at once) took it as its local port: most are short-lived.
+			if err == nil || try == 250 {
 				break
 			}
-			time.Sleep(20 * time.Millisecond) // the old listener's port is being released
+			time.Sleep(20 * time.Millisecond)
 		}
 		if err != nil {
 			c.t.Fatal(err)
