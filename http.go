@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -91,7 +92,9 @@ func (n *Node) listenHTTP() error {
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	a.srv = &http.Server{Handler: a.guard(mux), ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return n.serveCtx }}
+		BaseContext: func(net.Listener) context.Context { return n.serveCtx },
+		// Refused TLS clients and the like go to the node's log.
+		ErrorLog: slog.NewLogLogger(n.cfg.Logger.With("component", "http").Handler(), slog.LevelWarn)}
 	n.http = a
 	return nil
 }

@@ -28,6 +28,10 @@ func (h *hclogger) Log(level hclog.Level, msg string, args ...any) {
 		lv = slog.LevelDebug
 	case level == hclog.Warn:
 		lv = slog.LevelWarn
+	case level >= hclog.Error && peerReset(args):
+		// The peer closed its end with data unread (a node shutting
+		// down does): worth a warning, not an error.
+		lv = slog.LevelWarn
 	case level >= hclog.Error && (closedConn(args) || toSpare(args)):
 		// The node closed its own connection: Raft's transport reports
 		// the read it was blocked in as an error, but this is how a
@@ -59,6 +63,17 @@ func (h *hclogger) Named(name string) hclog.Logger {
 }
 func (h *hclogger) With(args ...any) hclog.Logger {
 	return &hclogger{Logger: h.Logger, l: h.l.With(args...)}
+}
+
+// peerReset reports whether a log line's arguments carry a connection
+// reset by the peer.
+func peerReset(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && strings.Contains(err.Error(), "connection reset by peer") {
+			return true
+		}
+	}
+	return false
 }
 
 // toSpare reports whether a log line's arguments say that Raft could not
